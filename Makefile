@@ -1,0 +1,92 @@
+# XXPO Lab: `make book` builds the website, `make test` runs every test. Both set everything up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WHEELS := /opt/wheels
+SITE := _build/html
+FAST_SITE := _build/fast/_build/html
+export XXPO_CACHE ?= $(CURDIR)/.xxpo_cache
+
+.PHONY: help setup book fast serve test test-unit test-notebooks test-book test-browser test-colab \
+        browser-deps lint sync bench clean clean-cache
+
+help:
+	@echo "make book    set up .venv and build the website ($(SITE)), every chapter executed in full mode"
+	@echo "make test    set up and run every test layer (unit, notebooks, book build, browser, Colab path)"
+	@echo "make fast    build the website in fast mode (XXPO_FAST=1) into $(FAST_SITE)"
+	@echo "make serve   serve the built website on http://127.0.0.1:8000"
+	@echo "make sync    rewrite the notebooks' install cells from _config.yml and strip outputs"
+	@echo "make lint    ruff"
+	@echo "make bench   run the benchmarks (benchmarks/README.md)"
+	@echo "make clean   remove the built site; make clean-cache removes cached warm starts and runs"
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(if $(wildcard $(WHEELS)),--find-links $(WHEELS)) torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $(STAMP)
+
+book: setup
+	XXPO_BOOK=1 $(VENV)/bin/jupyter-book build . -W -n --keep-going
+	@echo "The website is in $(SITE)/index.html (make serve shows it on http://127.0.0.1:8000)"
+
+fast: setup
+	XXPO_FAST=1 XXPO_BOOK=1 $(VENV)/bin/jupyter-book build . --path-output _build/fast -W -n --keep-going
+	@echo "The fast-mode website is in $(FAST_SITE)/index.html"
+
+serve:
+	@test -f $(SITE)/index.html || { echo "no site yet: run make book"; exit 1; }
+	$(PY) -m http.server 8000 --bind 127.0.0.1 --directory $(SITE)
+
+# ------------------------------------------------------------------------------------------ tests
+# each layer prints its wall time; CI (.ci/run) runs `make test`
+define timed
+	@start=$$(date +%s); echo "== $(1) =="; $(2); status=$$?; \
+	 echo "== $(1): $$(( $$(date +%s) - start )) s =="; exit $$status
+endef
+
+test: setup browser-deps
+	@start=$$(date +%s); \
+	 $(MAKE) --no-print-directory test-unit test-notebooks test-book test-browser test-colab; status=$$?; \
+	 echo "== make test: $$(( $$(date +%s) - start )) s, exit $$status =="; exit $$status
+
+test-unit: setup
+	$(call timed,layer 1: unit tests,$(PY) -m pytest tests/unit -n 2 -q)
+
+test-notebooks: setup
+	$(call timed,layer 2: notebooks in fast mode,XXPO_FAST=1 $(PY) -m pytest --nbmake --nbmake-timeout=600 -n 2 -q chapters)
+
+test-book: setup
+	$(call timed,layer 3: fast book build with warnings as errors,rm -rf _build/fast && XXPO_FAST=1 XXPO_BOOK=1 $(VENV)/bin/jupyter-book build . --path-output _build/fast -W -n --keep-going)
+
+test-browser: setup browser-deps
+	$(call timed,layer 4: browser tests of the built site,$(PY) -m pytest tests/browser -q)
+
+test-colab: setup
+	$(call timed,layer 5: Colab install path in a fresh venv,$(PY) -m pytest tests/colab -q)
+
+browser-deps:
+	@command -v chromium >/dev/null || { echo "installing Debian's chromium"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+# ------------------------------------------------------------------------------------------ helpers
+lint: setup
+	$(VENV)/bin/ruff check xxpo_lab tests benchmarks chapters/_sync.py chapters/_ext
+
+sync: setup
+	$(PY) chapters/_sync.py
+
+bench: setup
+	$(PY) benchmarks/bench_step.py
+
+clean:
+	rm -rf _build
+
+clean-cache:
+	rm -rf $(XXPO_CACHE)

@@ -1,0 +1,59 @@
+"""The data of one training step, as every loss, advantage and diagnostic sees it.
+
+B = P·G sequences; rows i·G .. i·G+G-1 share prompt i (groups are contiguous). Everything a loss
+touches is response-only [B, T]. Log-prob names are fixed: `logp` (current, with grad, never stored
+here), `behav_logp` (the sampler), `prox_logp` (the trust-region anchor), `ref_logp` (KL reference).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Batch:
+    prompt_ids: Tensor  # [B, L] long, left-padded
+    prompt_mask: Tensor  # [B, L] long, 0 on left padding
+    resp_ids: Tensor  # [B, T] long, pad after EOS
+    mask: Tensor  # [B, T] float: 1 on tokens the loss counts (generated tokens incl. EOS)
+    behav_logp: Tensor  # [B, T] log-probs recorded by the sampler
+    lengths: Tensor  # [B] long, generated tokens incl. EOS
+    truncated: Tensor  # [B] bool, no EOS within T_max
+    version: Tensor  # [B] long, policy version (completed steps) that sampled the row
+    reward: Tensor | None = None  # [B] float (after shaping)
+    correct: Tensor | None = None  # [B] bool
+    adv: Tensor | None = None  # [B, T] float, zero where mask is 0
+    prox_logp: Tensor | None = None  # [B, T] the trust-region anchor
+    ref_logp: Tensor | None = None  # [B, T] frozen reference, when beta > 0
+    version_gap: Tensor | None = None  # [B] long, A-3PO's d = version being produced - behaviour version
+    values: Tensor | None = None  # [B, T] (token critic) or [B] (prompt critic), at sampling time
+    value_target: Tensor | None = None  # what the critic regresses on: returns [B, T] or reward [B]
+
+    @property
+    def B(self) -> int:
+        return self.resp_ids.shape[0]
+
+    def rows(self, idx: Tensor) -> Batch:
+        """The sub-batch of rows `idx` (a minibatch of whole groups)."""
+        return replace(self, **{f.name: _take(getattr(self, f.name), idx) for f in fields(self)})
+
+    def to(self, device) -> Batch:
+        return replace(self, **{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
+
+
+def _take(x, idx):
+    return x[idx] if isinstance(x, Tensor) else x
+
+
+def _move(x, device):
+    return x.to(device) if isinstance(x, Tensor) else x
+
+
+def group_rows(P: int, G: int, minibatches: int, gen: torch.Generator) -> list[Tensor]:
+    """Row indices of `minibatches` minibatches, each a random set of whole groups."""
+    order = torch.randperm(P, generator=gen)  # shuffle groups, never split one
+    per = P // minibatches
+    return [(order[k * per:(k + 1) * per, None] * G + torch.arange(G)).reshape(-1) for k in range(minibatches)]

@@ -1,0 +1,289 @@
+"""One flat config for a run, fast mode, and the resolution of per-algorithm defaults.
+
+Every field has a docstring under it (CleanRL style); `field_docs()` reads them back for the CLI's
+`--help` and the book. Notebooks change a config with `dataclasses.replace`. Bad values fail here,
+when the config is made, with the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from functools import cache
+
+
+class ConfigError(ValueError):
+    """A config field has a value that is not allowed (the message names both)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    # ---------------------------------------------------------------- task
+    task: str = "addition"
+    """Toy verifiable task, one of `xxpo_lab.TASKS`: addition, arithmetic, countdown, copy, reverse, sort."""
+    difficulty: int = 2
+    """Task size: digits per operand (addition), operands (arithmetic, countdown), max string length (copy/reverse/sort)."""
+    # ---------------------------------------------------------------- policy
+    n_layer: int = 2
+    """GPT-2 blocks of the policy (and of the critic, when there is one)."""
+    n_head: int = 4
+    """Attention heads per block."""
+    n_embd: int = 64
+    """Width of the residual stream."""
+    model_name: str | None = None
+    """Load this pretrained causal LM (hub name or local path) with its own tokenizer instead of building a GPT-2 from the fields above."""
+    # ---------------------------------------------------------------- warm start
+    warm_start_acc: float = 0.4
+    """Supervised warm start stops at the first check where sampled accuracy reaches this value (RL then has signal)."""
+    warm_start_max_steps: int = 3000
+    """Upper bound on supervised steps; the warm start fails loudly if the target accuracy is not reached."""
+    warm_start_lr: float = 1e-3
+    """AdamW learning rate of the supervised warm start."""
+    init_seed: int = 0
+    """Seed of the initial weights and the warm start; RL seeds (`seed`) share one warm start."""
+    demo_filler: int = 0
+    """Demonstrations end with 0..demo_filler filler dots '.' after the answer (free length for the policy)."""
+    demo_wrong_frac: float = 0.0
+    """Fraction of demonstrations whose answer is deliberately wrong (chapter 3 uses it to teach the policy to 'know' it erred)."""
+    demo_wrong_filler: int = 0
+    """Wrong demonstrations end with 0..demo_wrong_filler dots (instead of 0..demo_filler)."""
+    # ---------------------------------------------------------------- sampling
+    P: int = 16
+    """Prompts per training step."""
+    G: int = 8
+    """Samples (responses) per prompt, the group; B = P*G sequences per step."""
+    T_max: int = 8
+    """Maximum response length in tokens (EOS included); a response without EOS is truncated and scores 0."""
+    temperature: float = 1.0
+    """Sampling temperature; the learner divides logits by the same value, so log-probs match the sampler's."""
+    # ---------------------------------------------------------------- optimisation
+    steps: int = 100
+    """Training steps; each samples one batch of P*G responses."""
+    lr: float = 2e-4
+    """AdamW learning rate of the policy."""
+    warmup_steps: int = 10
+    """The learning rate rises linearly over the first warmup_steps steps (Adam's first updates are sign-like and large)."""
+    epochs: int = 1
+    """Passes over each batch (PPO's reuse of one batch for several updates)."""
+    minibatches: int = 1
+    """Minibatches per epoch, each made of whole groups; updates per batch = epochs * minibatches."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip of the policy (and of the critic)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    # ---------------------------------------------------------------- loss
+    loss: str = "grpo"
+    """Policy loss, one of `xxpo_lab.LOSSES` (`python -m xxpo_lab losses` lists them)."""
+    adv: str | None = None
+    """Advantage estimator, one of `xxpo_lab.ADVANTAGES`; None takes the loss's own default."""
+    eps_low: float | None = None
+    """Lower clip range: the ratio is clipped below at 1 - eps_low (CISPO: its IS-weight bound; GMPO: a log-space range). None: the loss's default."""
+    eps_high: float | None = None
+    """Upper clip range: 1 + eps_high (DAPO's clip-higher sets it above eps_low). None: the loss's default."""
+    dual_clip_c: float = 0.0
+    """Dual-clip constant c > 1 caps the loss of negative-advantage tokens at -c*A (0 turns it off)."""
+    tau_pos: float | None = None
+    """SAPO gate temperature for tokens with A > 0. None: the loss's default (1.0)."""
+    tau_neg: float | None = None
+    """SAPO gate temperature for tokens with A <= 0. None: the loss's default (1.05)."""
+    sp_eta: float = 1.0
+    """Self-Play PO: the log-ratio of a response is regressed onto sp_eta * (win rate - 1/2)."""
+    adv_eps: float = 1e-4
+    """Epsilon added to the std in std-normalised advantages (TRL's value; verl uses 1e-6)."""
+    # ---------------------------------------------------------------- KL to a frozen reference
+    beta: float = 0.0
+    """KL coefficient to the frozen warm-start policy (0 turns the reference off)."""
+    kl_estimator: str = "k3"
+    """Per-token KL estimator: k1, k2 or k3 (Schulman's)."""
+    kl_in: str = "loss"
+    """Where the KL goes: 'loss' (GRPO: added to the per-token loss) or 'reward' (PPO-RLHF: a per-token penalty in the reward)."""
+    # ---------------------------------------------------------------- critic (PPO's GAE, SPPO's prompt value)
+    critic_lr: float = 1e-3
+    """AdamW learning rate of the critic, when the advantage estimator needs one."""
+    eps_value: float = 0.2
+    """Value clipping range of PPO's critic loss (absolute, in reward units)."""
+    gamma: float = 1.0
+    """Discount of GAE."""
+    lam: float = 0.95
+    """GAE lambda."""
+    # ---------------------------------------------------------------- off-policy data (asynchronous RL)
+    staleness: int = 0
+    """Rollouts of step k come from the policy as it was at the start of step k - staleness (0: synchronous)."""
+    behav_weight_cap: float | None = None
+    """Decoupled PPO / A-3PO: tokens whose behaviour weight prox/behav exceeds this are masked (AReaL). None: no cap."""
+    # ---------------------------------------------------------------- DAPO's data tricks
+    dynamic_sampling: bool = False
+    """Drop groups whose rewards are all equal and sample more prompts until the batch is full (DAPO)."""
+    max_refill: int = 8
+    """Dynamic sampling gives up after this many extra sampling rounds and trains on what it has."""
+    overlong_buffer: int = 0
+    """DAPO soft overlong punishment: responses longer than T_max - overlong_buffer lose reward linearly (0: off)."""
+    overlong_penalty: float = 1.0
+    """Reward lost by a response that reaches T_max under the soft overlong punishment."""
+    mask_truncated: bool = False
+    """Truncated responses get zero loss weight (DAPO's overlong filtering)."""
+    # ---------------------------------------------------------------- measurement
+    eval_every: int = 25
+    """Held-out accuracy every this many steps (before the step: the policy that samples it) and after the last step."""
+    eval_prompts: int = 256
+    """Held-out prompts per evaluation (one sample each, at the training temperature)."""
+    grad_stats_every: int = 0
+    """Every this many steps, gradient variance and SNR from grad_stats_k fresh batches at fixed parameters (0: off)."""
+    grad_stats_k: int = 8
+    """Independent batches used by the gradient statistics."""
+    seed: int = 0
+    """RL seed: prompts, sampling and minibatch order."""
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+# -------------------------------------------------------------------------------------------------
+# per-algorithm defaults
+
+GLOBAL_DEFAULTS = {"adv": "grpo", "eps_low": 0.2, "eps_high": 0.2, "tau_pos": 1.0, "tau_neg": 1.05}
+LOSS_DEFAULT_FIELDS = tuple(GLOBAL_DEFAULTS)
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill the fields left as None with the loss's defaults (GSPO's tiny eps, DAPO's eps_high, ...)."""
+    from xxpo_lab.losses import LOSSES
+
+    spec = LOSSES[cfg.loss]
+    fill = {f: spec.defaults.get(f, GLOBAL_DEFAULTS[f]) for f in LOSS_DEFAULT_FIELDS if getattr(cfg, f) is None}
+    return replace(cfg, **fill) if fill else cfg
+
+
+# -------------------------------------------------------------------------------------------------
+# fast mode: one switch, same code path
+
+def fast_mode() -> bool:
+    """True when XXPO_FAST=1: CI and quick builds shrink sizes; the code path is the same."""
+    return os.environ.get("XXPO_FAST", "0") == "1"
+
+
+def pick(full, fast):
+    """The one place where fast mode changes a size: `pick(full=400, fast=20)`."""
+    return fast if fast_mode() else full
+
+
+def sized(cfg: Config) -> Config:
+    """Shrink a config for fast mode (steps, prompts, evaluation); identity in full mode."""
+    if not fast_mode():
+        return cfg
+    return replace(
+        cfg,
+        steps=max(2, cfg.steps // 10),
+        P=max(cfg.minibatches, min(cfg.P, 8) // cfg.minibatches * cfg.minibatches),
+        eval_prompts=min(cfg.eval_prompts, 64),
+        eval_every=max(1, cfg.eval_every // 10),
+        grad_stats_k=min(cfg.grad_stats_k, 4),
+        grad_stats_every=cfg.grad_stats_every and max(1, cfg.grad_stats_every // 10),
+        warm_start_acc=min(cfg.warm_start_acc, 0.2),
+    )
+
+
+# -------------------------------------------------------------------------------------------------
+# validation
+
+GROUP_ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "win_rate")
+KL_ESTIMATOR_NAMES = ("k1", "k2", "k3")
+KL_PLACES = ("loss", "reward")
+
+
+def _fail(name: str, value, allowed: str) -> None:
+    raise ConfigError(f"Config.{name} = {value!r} is not allowed: {allowed}")
+
+
+def _one_of(name: str, value, names) -> None:
+    if value not in names:
+        _fail(name, value, "must be one of " + ", ".join(sorted(names)))
+
+
+def _validate(cfg: Config) -> None:
+    from xxpo_lab.advantages import ADVANTAGES
+    from xxpo_lab.losses import LOSSES
+    from xxpo_lab.tasks import TASKS, make_task
+
+    _one_of("task", cfg.task, TASKS)
+    _one_of("loss", cfg.loss, LOSSES)
+    if cfg.adv is not None:
+        _one_of("adv", cfg.adv, ADVANTAGES)
+    _one_of("kl_estimator", cfg.kl_estimator, KL_ESTIMATOR_NAMES)
+    _one_of("kl_in", cfg.kl_in, KL_PLACES)
+    positive_ints = ("difficulty", "n_layer", "n_head", "n_embd", "warm_start_max_steps", "P", "G", "T_max",
+                     "steps", "epochs", "minibatches", "eval_every", "eval_prompts", "grad_stats_k", "max_refill")
+    for name in positive_ints:
+        if getattr(cfg, name) < 1:
+            _fail(name, getattr(cfg, name), "must be an integer >= 1")
+    positive = ("lr", "warm_start_lr", "temperature", "max_grad_norm", "critic_lr", "eps_value", "sp_eta", "adv_eps")
+    for name in positive:
+        if not getattr(cfg, name) > 0:
+            _fail(name, getattr(cfg, name), "must be > 0")
+    for name in ("eps_low", "eps_high", "tau_pos", "tau_neg"):
+        value = getattr(cfg, name)
+        if value is not None and not value > 0:
+            _fail(name, value, "must be > 0 (or None for the loss's default)")
+    nonneg = ("warmup_steps", "staleness", "demo_filler", "demo_wrong_filler", "overlong_buffer", "grad_stats_every", "beta",
+              "weight_decay", "overlong_penalty")
+    for name in nonneg:
+        if getattr(cfg, name) < 0:
+            _fail(name, getattr(cfg, name), "must be >= 0")
+    if cfg.n_embd % cfg.n_head:
+        _fail("n_embd", cfg.n_embd, f"must be a multiple of n_head = {cfg.n_head}")
+    if not 0 < cfg.warm_start_acc <= 1:
+        _fail("warm_start_acc", cfg.warm_start_acc, "must be in (0, 1]")
+    if not 0 <= cfg.demo_wrong_frac < 1:
+        _fail("demo_wrong_frac", cfg.demo_wrong_frac, "must be in [0, 1)")
+    if cfg.dual_clip_c != 0 and not cfg.dual_clip_c > 1:
+        _fail("dual_clip_c", cfg.dual_clip_c, "must be > 1 (or 0 to turn dual clip off)")
+    if not 0 <= cfg.gamma <= 1:
+        _fail("gamma", cfg.gamma, "must be in [0, 1]")
+    if not 0 <= cfg.lam <= 1:
+        _fail("lam", cfg.lam, "must be in [0, 1]")
+    if cfg.behav_weight_cap is not None and not cfg.behav_weight_cap > 1:
+        _fail("behav_weight_cap", cfg.behav_weight_cap, "must be > 1 (or None for no cap)")
+    if cfg.P % cfg.minibatches:
+        _fail("minibatches", cfg.minibatches,
+              f"must divide P = {cfg.P} so that every minibatch holds whole groups")
+    if cfg.overlong_buffer >= cfg.T_max:
+        _fail("overlong_buffer", cfg.overlong_buffer, f"must be < T_max = {cfg.T_max}")
+    adv = cfg.adv if cfg.adv is not None else LOSSES[cfg.loss].defaults.get("adv", GLOBAL_DEFAULTS["adv"])
+    if adv in GROUP_ADVANTAGES and cfg.G < 2:
+        _fail("G", cfg.G, f"must be >= 2 with the group baseline adv = {adv!r} (use adv='none', 'gae' or 'sppo' for G = 1)")
+    if cfg.dynamic_sampling and cfg.G < 2:
+        _fail("dynamic_sampling", True, "needs G >= 2 (it drops groups whose rewards are all equal)")
+    task = make_task(cfg.task, cfg.difficulty)
+    need = task.max_answer_tokens + 1  # + EOS
+    if cfg.T_max < need:
+        _fail("T_max", cfg.T_max, f"must be >= {need}: {cfg.task} at difficulty {cfg.difficulty} has answers of up to "
+              f"{task.max_answer_tokens} tokens plus EOS")
+
+
+# -------------------------------------------------------------------------------------------------
+# field docstrings, read back from this file's source (for --help and the book)
+
+@cache
+def field_docs() -> dict[str, str]:
+    """Map each Config field to the docstring written under it."""
+    tree = ast.parse(inspect.getsource(Config))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def to_dict(cfg: Config) -> dict:
+    return asdict(cfg)
+
+
+def from_dict(d: dict) -> Config:
+    names = {f.name for f in fields(Config)}
+    unknown = set(d) - names
+    if unknown:
+        raise ConfigError(f"unknown Config fields {sorted(unknown)}; the fields are {sorted(names)}")
+    return Config(**d)

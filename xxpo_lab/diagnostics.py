@@ -1,0 +1,178 @@
+"""Every metric the lab logs, defined once: `GLOSSARY` (rendered as the book's glossary page) and the
+pure reductions that turn a step's tensors into floats.
+
+Token-level metrics average over the valid tokens (mask = 1) of the batch or minibatch they describe.
+Per-update metrics are logged both as the mean over a step's updates and per update index, as
+`name@u0`, `name@u1`, ... (update index = epoch · minibatches + minibatch).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from xxpo_lab.batch import Batch
+
+GLOSSARY = {
+    "step": "Training step (one batch of P·G sampled responses).",
+    "samples": "Responses sampled so far, including those dynamic sampling threw away.",
+    "reward/mean": "Mean reward of the step's responses (after overlong shaping; 1 correct, 0 wrong).",
+    "reward/correct_frac": "Share of the step's responses that are correct (training accuracy, sampled).",
+    "eval/accuracy": "Share of held-out prompts answered correctly, one sample each at the training temperature.",
+    "eval/len_mean": "Mean response length on the held-out prompts (tokens, EOS included).",
+    "len/mean": "Mean response length of the step (tokens, EOS included).",
+    "len/correct_mean": "Mean length of the correct responses of the step.",
+    "len/incorrect_mean": "Mean length of the incorrect responses of the step.",
+    "len/truncated_frac": "Share of responses without EOS within T_max (they score 0).",
+    "adv/zero_std_frac": "Share of groups whose rewards are all equal: their group advantages are 0 (TRL's frac_reward_zero_std).",
+    "adv/abs_mean": "Mean |A| over valid tokens: how much push the step carries.",
+    "data/kept_frac": "Dynamic sampling: share of sampled groups kept (groups with mixed rewards).",
+    "clip/active_frac": "Share of tokens whose gradient the clip zeroed: (A>0, r>1+eps_high) or (A<0, r<1-eps_low). "
+                        "verl's pg_clipfrac, TRL's clip_ratio/region_mean. For losses without a clip (pg): the share PPO's clip would zero.",
+    "clip/low_frac": "Share of tokens clipped on the low side: A<0 and r<1-eps_low (TRL's clip_ratio/low_mean).",
+    "clip/high_frac": "Share of tokens clipped on the high side: A>0 and r>1+eps_high (TRL's clip_ratio/high_mean).",
+    "clip/out_of_band_frac": "Share of tokens with r outside [1-eps_low, 1+eps_high], whatever the sign of A (CleanRL's clipfrac); "
+                             "an upper bound on clip/active_frac.",
+    "clip/dual_frac": "Share of tokens whose loss dual clip capped at -c·A (A<0, r>c).",
+    "clip/seq_active_frac": "Share of sequences with at least one clipped token (for GSPO: sequences clipped).",
+    "ratio/mean": "Mean of the ratio the surrogate acts on (token ratio, or GSPO's sequence ratio).",
+    "ratio/std": "Standard deviation of that ratio over tokens.",
+    "ratio/min": "Smallest ratio of the step.",
+    "ratio/max": "Largest ratio of the step.",
+    "ratio/ess": "Effective sample size of the ratios as importance weights, (Σw)²/Σw², divided by the number of tokens (1 is on-policy).",
+    "kl/k1": "Drift of the current policy from the sampler, mean of log π_behav - log π_θ over the sampled tokens (can be < 0).",
+    "kl/k3": "Drift from the sampler, mean of r - 1 - log r with r = π_θ/π_behav (≥ 0, low variance).",
+    "kl/prox_k3": "The same k3 drift against the proximal policy π_prox (differs from kl/k3 only with stale data).",
+    "kl/ref_k3": "k3 estimate of KL(π_θ‖π_ref) to the frozen reference on the sampled tokens (when beta > 0).",
+    "entropy/mean": "Mean entropy (nats) of the policy's next-token distribution on the sampled responses.",
+    "is/weight_max": "Decoupled PPO / A-3PO: largest behaviour weight π_prox/π_behav.",
+    "is/masked_frac": "Decoupled PPO / A-3PO: share of tokens masked by behav_weight_cap.",
+    "is/capped_frac": "CISPO: share of tokens whose IS weight hit a bound (they keep their gradient).",
+    "gate/mean": "SAPO: mean gradient weight of the soft gate (1 on-policy).",
+    "gate/low_frac": "SAPO: share of tokens whose gate weight is below 0.5.",
+    "loss/policy": "Policy loss (mean over the step's updates). Not a measure of progress: it starts near 0 on-policy.",
+    "loss/value": "Critic loss (PPO's clipped value loss or SPPO's BCE).",
+    "value/clip_frac": "Share of tokens where PPO's value clipping was the larger loss.",
+    "value/explained_var": "Explained variance of the critic's values against its targets, at sampling time (1 perfect, 0 constant).",
+    "grad/norm": "Policy gradient norm before clipping (mean over updates).",
+    "grad/mean_norm": "Gradient statistics: norm of the mean gradient ‖ḡ‖ over grad_stats_k fresh batches at fixed parameters.",
+    "grad/var": "Gradient statistics: total variance (1/(K-1)) Σ‖g_k - ḡ‖² of the per-batch gradient.",
+    "grad/snr": "Gradient statistics: signal-to-noise ratio ‖ḡ‖² / grad/var.",
+    "time/sample": "Seconds spent sampling the step's responses (and re-sampling for dynamic sampling).",
+    "time/score": "Seconds spent decoding and verifying responses.",
+    "time/prox": "Seconds spent on the extra forward pass for π_prox (decoupled PPO only; A-3PO has none).",
+    "time/update": "Seconds spent on the step's gradient updates (policy and critic).",
+    "time/step": "Seconds for the whole step, evaluation excluded.",
+    "mem/peak_mb": "Peak memory of the process so far: CUDA max allocated on GPU, resident set size on CPU (MB).",
+    "mem/policy_params_mb": "Bytes of the policy's parameters (MB).",
+    "mem/policy_optim_mb": "Bytes of the policy's optimizer state (MB).",
+    "mem/critic_params_mb": "Bytes of the critic's parameters (MB); 0 without a critic.",
+    "mem/critic_optim_mb": "Bytes of the critic's optimizer state (MB).",
+}
+
+PER_UPDATE = ("clip/active_frac", "clip/low_frac", "clip/high_frac", "clip/out_of_band_frac", "kl/k3", "ratio/max")
+"""Update metrics also logged per update index, as name@u0, name@u1, ..."""
+
+
+def _frac(flags: Tensor, mask: Tensor) -> float:
+    return ((flags.float() * mask).sum() / mask.sum().clamp(min=1.0)).item()
+
+
+def _mean(x: Tensor, mask: Tensor) -> float:
+    return ((x * mask).sum() / mask.sum().clamp(min=1.0)).item()
+
+
+def rollout_metrics(b: Batch, G: int) -> dict[str, float]:
+    """Reward, accuracy, length (by correctness) and zero-signal groups of a scored batch."""
+    lengths, correct = b.lengths.float(), b.correct.float()
+    n_ok, n_bad = correct.sum(), (1 - correct).sum()
+    groups = b.reward.view(-1, G)
+    return {
+        "reward/mean": b.reward.mean().item(),
+        "reward/correct_frac": correct.mean().item(),
+        "len/mean": lengths.mean().item(),
+        "len/correct_mean": ((lengths * correct).sum() / n_ok).item() if n_ok > 0 else float("nan"),
+        "len/incorrect_mean": ((lengths * (1 - correct)).sum() / n_bad).item() if n_bad > 0 else float("nan"),
+        "len/truncated_frac": b.truncated.float().mean().item(),
+        "adv/zero_std_frac": (groups.max(-1).values == groups.min(-1).values).float().mean().item(),
+        "adv/abs_mean": _mean(b.adv.abs(), b.mask),
+    }
+
+
+def update_metrics(info: dict, logp: Tensor, b: Batch, entropy: Tensor) -> dict[str, float]:
+    """Clip fractions, ratio spread, drift and entropy of one update, from the loss's detached info."""
+    m = b.mask
+    logp = logp.detach()
+    out = {"entropy/mean": _mean(entropy.detach(), m)}
+    log_r = logp - b.behav_logp  # drift from the sampler
+    out["kl/k1"] = _mean(-log_r, m)
+    out["kl/k3"] = _mean(torch.exp(log_r) - 1 - log_r, m)
+    log_rp = logp - info.get("prox_logp", b.prox_logp)
+    out["kl/prox_k3"] = _mean(torch.exp(log_rp) - 1 - log_rp, m)
+    if b.ref_logp is not None:
+        log_rho = b.ref_logp - logp
+        out["kl/ref_k3"] = _mean(torch.exp(log_rho) - 1 - log_rho, m)
+    ratio = info["ratio"]
+    valid = m > 0
+    r = ratio[valid]
+    out |= {"ratio/mean": r.mean().item(), "ratio/std": r.std().item() if r.numel() > 1 else 0.0,
+            "ratio/min": r.min().item(), "ratio/max": r.max().item(),
+            "ratio/ess": (r.sum() ** 2 / (r ** 2).sum() / r.numel()).item()}
+    if "clip_low" in info:
+        active = info["clip_low"] | info["clip_high"]
+        out |= {"clip/active_frac": _frac(active, m), "clip/low_frac": _frac(info["clip_low"], m),
+                "clip/high_frac": _frac(info["clip_high"], m),
+                "clip/out_of_band_frac": _frac(info["out_of_band"], m),
+                "clip/seq_active_frac": ((active & valid).any(-1).float().mean()).item()}
+    if "dual_clip" in info:
+        out["clip/dual_frac"] = _frac(info["dual_clip"], m)
+    if "is_weight" in info:
+        out["is/weight_max"] = info["is_weight"][valid].max().item()
+        out["is/masked_frac"] = _frac(info["is_masked"], m)
+    if "is_capped" in info:
+        out["is/capped_frac"] = _frac(info["is_capped"], m)
+    if "gate" in info:
+        out["gate/mean"] = _mean(info["gate"], m)
+        out["gate/low_frac"] = _frac(info["gate"] < 0.5, m)
+    return out
+
+
+def grad_moments(grads: Tensor) -> dict[str, float]:
+    """Mean-gradient norm, total variance and SNR of K gradient estimates at fixed parameters.
+
+    grads [K, D]: flattened gradients of K independent batches. var = (1/(K-1)) Σ‖g_k - ḡ‖² (the trace
+    of the covariance of one batch's gradient), snr = ‖ḡ‖² / var. Book: ch. 2.
+    """
+    assert grads.dim() == 2 and grads.shape[0] >= 2, grads.shape
+    mean = grads.mean(0)
+    var = ((grads - mean) ** 2).sum(-1).sum() / (grads.shape[0] - 1)
+    return {"grad/mean_norm": mean.norm().item(), "grad/var": var.item(),
+            "grad/snr": (mean.pow(2).sum() / var.clamp(min=1e-30)).item()}
+
+
+def explained_variance(values: Tensor, targets: Tensor, mask: Tensor) -> float:
+    """1 - Var(target - V) / Var(target) over valid entries: 1 is a perfect critic, 0 no better than a constant."""
+    n = mask.sum().clamp(min=1.0)
+    t_mean = (targets * mask).sum() / n
+    var_t = (((targets - t_mean) * mask) ** 2).sum() / n
+    err = (targets - values) * mask
+    var_err = (((err - err.sum() / n) * mask) ** 2).sum() / n
+    return (1.0 - var_err / var_t.clamp(min=1e-8)).item()
+
+
+def reduce_updates(per_update: list[dict[str, float]]) -> dict[str, float]:
+    """A step's row from its updates: the mean of each metric, plus PER_UPDATE metrics by update index."""
+    keys = sorted({k for d in per_update for k in d})
+    row = {k: sum(d[k] for d in per_update if k in d) / sum(k in d for d in per_update) for k in keys}
+    for i, d in enumerate(per_update):
+        row |= {f"{k}@u{i}": d[k] for k in PER_UPDATE if k in d}
+    return row
+
+
+def param_mb(module) -> float:
+    return sum(p.numel() * p.element_size() for p in module.parameters()) / 2**20
+
+
+def optim_mb(opt) -> float:
+    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
+               if isinstance(t, torch.Tensor)) / 2**20

@@ -1,0 +1,144 @@
+"""The XXPO family tree as data, and the figure drawn from it (chapter 0).
+
+Each member names its parents and the one thing it changes (ALGORITHMS.md §11); the figure places
+members by year and draws every parent → child edge labelled with that change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    year: int
+    row: float
+    """Vertical lane in the figure (families stay together)."""
+    parents: tuple[str, ...]
+    edge: str
+    """The one thing it changes, short enough to label an edge."""
+    change: str
+    """The one thing it changes, in a sentence."""
+    chapter: str = ""
+    """The book chapter that explains it ('' when it is only in the family tree)."""
+    loss: str = ""
+    """Its name in xxpo_lab.LOSSES or ADVANTAGES, when the lab implements it."""
+
+
+FAMILY = [
+    Member("REINFORCE", 1992, 0.0, (), "", "the score-function policy gradient with a reward baseline", "1", "pg"),
+    Member("TRPO", 2015, 7.0, (), "", "a KL-constrained second-order policy step", ""),
+    Member("PPO", 2017, 5.0, ("TRPO", "REINFORCE"), "clip the ratio",
+           "clipped ratio surrogate instead of a KL-constrained second-order step", "1", "ppo"),
+    Member("PPO-RLHF", 2019, 7.5, ("PPO",), "token MDP, KL in reward",
+           "token-level MDP; per-token KL-to-reference penalty in the reward; value head", "1", "ppo"),
+    Member("Decoupled PPO", 2021, 9.0, ("PPO",), "prox ≠ behaviour",
+           "separate behaviour policy (IS weight) from proximal policy (clip anchor)", "6", "decoupled_ppo"),
+    Member("ReMax", 2023, -1.5, ("REINFORCE",), "greedy baseline", "greedy-decode reward as baseline, no critic", ""),
+    Member("RLOO", 2024, 0.5, ("REINFORCE",), "leave-one-out baseline",
+           "leave-one-out group baseline, sequence-level action, no clipping", "2", "rloo"),
+    Member("GRPO", 2024, 3.0, ("PPO",), "group baseline, no critic",
+           "group-standardised outcome advantage replaces critic + GAE; k3 KL moved into the loss", "2", "grpo"),
+    Member("Self-Play PO", 2024, -3.0, ("REINFORCE",), "regress log-ratio on win rate",
+           "squared regression of the log-ratio onto η(P̂(win) - ½)", "8", "self_play_po"),
+    Member("REINFORCE++", 2025, -0.5, ("REINFORCE", "PPO"), "batch-normalised advantage",
+           "global batch advantage normalisation (+ PPO clip, token KL in reward)", "10", "reinforce_pp"),
+    Member("Dr. GRPO", 2025, 1.0, ("GRPO",), "no 1/|y|, no std", "drop 1/|y_i| and the group std", "3", "dr_grpo"),
+    Member("DAPO", 2025, 2.0, ("GRPO",), "clip-higher, token-mean, dynamic sampling",
+           "eps_high > eps_low, token-level loss, dynamic sampling, overlong shaping, no KL", "4", "dapo"),
+    Member("GPG", 2025, -2.0, ("GRPO",), "plain PG, no ratio or clip",
+           "plain PG loss without ratio/clip/KL, rescaled advantage", ""),
+    Member("Clip-Cov / KL-Cov", 2025, 4.0, ("GRPO",), "restrain high-covariance tokens",
+           "extra clip/KL on the tokens with largest logp-advantage covariance", ""),
+    Member("CISPO", 2025, 1.5, ("DAPO",), "clip the IS weight, keep the gradient",
+           "clip and stop-grad the IS weight instead of dropping the token's gradient", "10", "cispo"),
+    Member("GSPO", 2025, 3.5, ("GRPO",), "sequence-level ratio",
+           "sequence-level length-normalised ratio and sequence-level clipping", "5", "gspo"),
+    Member("GMPO", 2025, 2.5, ("GRPO",), "geometric mean of token terms",
+           "geometric instead of arithmetic mean of token terms; wide per-token log-space clip", "10", "gmpo"),
+    Member("TIS / MIS", 2025, 6.5, ("PPO",), "truncated IS for engine mismatch",
+           "truncated / masked IS weight between inference and training engines", ""),
+    Member("M2PO", 2025, 10.0, ("Decoupled PPO",), "bound the 2nd moment of IS weights",
+           "mask tokens to bound the second moment of log IS weights", ""),
+    Member("SAPO", 2025, 4.5, ("GSPO",), "soft gate instead of hard clip",
+           "smooth sigmoid gate with asymmetric temperatures instead of a hard clip", "9", "sapo"),
+    Member("A-3PO", 2025, 8.5, ("Decoupled PPO",), "interpolated proximal policy",
+           "interpolate proximal log-probs from behaviour and current log-probs (no forward pass)", "7", "a3po"),
+    Member("DPPO", 2026, 6.0, ("PPO",), "divergence trust region",
+           "trust region defined by a binary TV/KL divergence, not the ratio", ""),
+    Member("SPPO (sequence-level)", 2026, 5.5, ("PPO", "GRPO"), "prompt-only critic, 1 sample",
+           "prompt-only scalar critic, sequence advantage, one sample per prompt", "8", "sppo"),
+]
+
+
+def family_table() -> pd.DataFrame:
+    """One row per member: year, parents, the one thing it changes, the chapter, the lab's name for it."""
+    return pd.DataFrame(
+        [{"algorithm": m.name, "year": m.year, "parents": ", ".join(m.parents) or "-", "what it changes": m.change,
+          "chapter": m.chapter or "-", "in xxpo_lab": m.loss or "-"} for m in FAMILY]
+    )
+
+
+def layout() -> dict[str, tuple[float, float]]:
+    """(x, y) of each member: x = generation (1 + the deepest parent), y = order within the generation,
+    children sorted by the mean position of their parents so that edges cross as little as possible."""
+    by_name = {m.name: m for m in FAMILY}
+    depth: dict[str, int] = {}
+
+    def depth_of(name: str) -> int:
+        if name not in depth:
+            parents = by_name[name].parents
+            depth[name] = 1 + max(map(depth_of, parents)) if parents else 0
+        return depth[name]
+
+    columns: dict[int, list[str]] = {}
+    for m in FAMILY:
+        columns.setdefault(depth_of(m.name), []).append(m.name)
+    pos: dict[str, tuple[float, float]] = {}
+    for col in sorted(columns):
+        def centre(name: str) -> tuple[float, float]:
+            ps = by_name[name].parents
+            return (sum(pos[p][1] for p in ps) / len(ps) if ps else 0.0, by_name[name].row)
+
+        names = sorted(columns[col], key=centre, reverse=True)  # higher parents and lanes on top
+        for i, name in enumerate(names):
+            pos[name] = (float(col), (len(names) - 1) / 2 - i)
+    return pos
+
+
+def family_tree(figsize=(15, 8.5)):
+    """The family tree figure: every parent → child edge labelled with the one thing that changed."""
+    import matplotlib.pyplot as plt
+
+    pos = layout()
+    fig, ax = plt.subplots(figsize=figsize)
+    dx = 3.4  # horizontal distance between generations, in data units
+    for child in FAMILY:
+        x1, y1 = pos[child.name]
+        for parent in child.parents:
+            x0, y0 = pos[parent]
+            ax.annotate("", xy=(x1 * dx - 0.75, y1), xytext=(x0 * dx + 0.75, y0),
+                        arrowprops={"arrowstyle": "-|>", "color": "#9a9a9a", "lw": 0.9, "shrinkA": 0, "shrinkB": 0})
+        if child.parents:
+            ax.text(x1 * dx - 0.8, y1 + 0.22, child.edge, fontsize=7.5, color="#303030", ha="right", va="bottom",
+                    style="italic")
+    for m in FAMILY:
+        x, y = pos[m.name]
+        in_book = bool(m.chapter)
+        label = f"{m.name} ({m.year})" + (f"\nch. {m.chapter}" if in_book else "")
+        ax.text(x * dx, y, label, ha="center", va="center", fontsize=9, zorder=3,
+                fontweight="bold" if in_book else "normal",
+                bbox={"boxstyle": "round,pad=0.3", "fc": "#dbe9f6" if in_book else "#f2f2f2",
+                      "ec": "#2f6ea5" if in_book else "#9a9a9a"})
+    xs = [p[0] * dx for p in pos.values()]
+    ys = [p[1] for p in pos.values()]
+    ax.set_xlim(min(xs) - 1.0, max(xs) + 1.0)
+    ax.set_ylim(min(ys) - 0.7, max(ys) + 0.8)
+    ax.axis("off")
+    ax.set_title("The XXPO family, parent → child; each edge is labelled with the one thing that changed "
+                 "(blue: explained in a chapter)", fontsize=11)
+    fig.tight_layout()
+    return fig

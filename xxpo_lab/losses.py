@@ -1,0 +1,293 @@
+"""Every member of the family as a short composition: ratio × surrogate × aggregation.
+
+Each named loss has the signature `fn(logp, b, cfg) -> (loss, info)`: `logp` [B, T] are the current
+log-probs (with grad), `b` is the step's `Batch`, `cfg` the run's `Config`. `info` holds detached
+[B, T] tensors (ratio, clip masks, gates, weights) that `diagnostics.py` reduces to floats. Read two
+neighbours side by side: they differ by the line that is the idea. The registry `LOSSES` at the
+bottom uses TRL's `loss_type` spelling where one exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+from xxpo_lab.batch import Batch
+from xxpo_lab.blocks import (
+    aggregate,
+    clip_surrogate,
+    clipped_is_pg,
+    kl_penalty,
+    seq_log_ratio,
+    soft_gate,
+    token_ratio,
+)
+
+
+def _check(logp: Tensor, b: Batch) -> None:
+    assert logp.shape == b.mask.shape == b.adv.shape == b.prox_logp.shape, (logp.shape, b.mask.shape)
+
+
+def _kl(logp: Tensor, b: Batch, cfg) -> Tensor | float:
+    """GRPO-style KL term added to the per-token loss (when cfg.kl_in == 'loss')."""
+    return kl_penalty(logp, b.ref_logp, cfg.beta, cfg.kl_estimator) if cfg.kl_in == "loss" else 0.0
+
+
+def _clip_info(ratio: Tensor, clip_low: Tensor, clip_high: Tensor, cfg, **extra) -> dict:
+    out_of_band = (ratio < 1.0 - cfg.eps_low) | (ratio > 1.0 + cfg.eps_high)
+    return {"ratio": ratio.detach(), "clip_low": clip_low, "clip_high": clip_high,
+            "out_of_band": out_of_band.detach(), **extra}
+
+
+# -------------------------------------------------------------------------------------------------
+# REINFORCE and PPO
+
+
+def pg(logp: Tensor, b: Batch, cfg):
+    """REINFORCE / importance-weighted policy gradient, no trust region: ℓ = -r·A, token-mean.
+
+    r = π_θ/π_prox. On the first update of a batch r ≡ 1 and the gradient is the plain policy
+    gradient -A·∇logp (Williams 1992); on later updates r reweights it with no bound, which is what
+    PPO's clip fixes. It differs from `ppo` by the clip alone. The clip masks in `info` are the tokens
+    PPO *would* have clipped. Book: ch. 1.
+    """
+    _check(logp, b)
+    r = token_ratio(logp, b.prox_logp)
+    loss_bt = -r * b.adv
+    clip_low = ((b.adv < 0) & (r < 1.0 - cfg.eps_low)).detach()
+    clip_high = ((b.adv > 0) & (r > 1.0 + cfg.eps_high)).detach()
+    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "token-mean"), _clip_info(r, clip_low, clip_high, cfg)
+
+
+def ppo(logp: Tensor, b: Batch, cfg):
+    """PPO's clipped surrogate, token-mean: ℓ = -min(r·A, clip(r, 1-eps_low, 1+eps_high)·A).
+
+    Schulman et al. 2017 (arXiv 1707.06347). The same function serves `bnpo` and `dapo` (group
+    advantages; DAPO sets eps_high = 0.28) and `sppo` (prompt-critic advantage). Optional dual clip
+    (`cfg.dual_clip_c`, verl). The critic's value loss is `critic.value_loss`. Book: ch. 1, 2, 4, 8.
+    """
+    _check(logp, b)
+    r = token_ratio(logp, b.prox_logp)
+    loss_bt, clip_low, clip_high, dual = clip_surrogate(r, b.adv, cfg.eps_low, cfg.eps_high, cfg.dual_clip_c)
+    info = _clip_info(r, clip_low, clip_high, cfg, dual_clip=dual)
+    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "token-mean"), info
+
+
+# -------------------------------------------------------------------------------------------------
+# GRPO and the normalisation family
+
+
+def grpo(logp: Tensor, b: Batch, cfg):
+    """GRPO (DeepSeekMath, arXiv 2402.03300): PPO's clip, averaged per sequence, then over sequences.
+
+    J = (1/G) Σ_i (1/|y_i|) Σ_t min(r·A, clip(r)·A) - β·k3. The 1/|y_i| is the length bias of ch. 3.
+    With one update per batch r ≡ 1 and the clip never fires (DeepSeekMath's "single update").
+    Book: ch. 2, 3.
+    """
+    _check(logp, b)
+    r = token_ratio(logp, b.prox_logp)
+    loss_bt, clip_low, clip_high, dual = clip_surrogate(r, b.adv, cfg.eps_low, cfg.eps_high, cfg.dual_clip_c)
+    info = _clip_info(r, clip_low, clip_high, cfg, dual_clip=dual)
+    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "seq-mean-token-mean"), info
+
+
+def dr_grpo(logp: Tensor, b: Batch, cfg):
+    """Dr. GRPO (arXiv 2503.20783): GRPO with a constant normaliser, Σ_i Σ_t ℓ / (B·T_max).
+
+    Every token gets the same weight whatever its sequence's length, so no length bias. The other
+    half of Dr. GRPO is the mean-centred advantage (adv 'dr_grpo', no std). TRL `dr_grpo` divides by
+    B·max_completion_length, the same; verl's `seq-mean-token-sum-norm` changed meaning between
+    releases. Book: ch. 3.
+    """
+    _check(logp, b)
+    r = token_ratio(logp, b.prox_logp)
+    loss_bt, clip_low, clip_high, dual = clip_surrogate(r, b.adv, cfg.eps_low, cfg.eps_high, cfg.dual_clip_c)
+    info = _clip_info(r, clip_low, clip_high, cfg, dual_clip=dual)
+    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "seq-mean-token-sum-norm", cfg.T_max), info
+
+
+# -------------------------------------------------------------------------------------------------
+# sequence-level ratios
+
+
+def gspo(logp: Tensor, b: Batch, cfg):
+    """GSPO (arXiv 2507.18071): one length-normalised ratio per sequence, clipped per sequence.
+
+    s_i = exp((1/|y_i|) Σ_t log r_{i,t}); J = (1/G) Σ_i min(s_i·A_i, clip(s_i)·A_i). Clipping drops
+    whole sequences; the paper's eps is 3e-4/4e-4. Gradient flows through s_i, as in TRL's
+    `importance_sampling_level="sequence"`. Book: ch. 5.
+    """
+    _check(logp, b)
+    s = torch.exp(seq_log_ratio(logp, b.prox_logp, b.mask)).expand_as(logp)  # [B, T], constant along T
+    loss_bt, clip_low, clip_high, dual = clip_surrogate(s, b.adv, cfg.eps_low, cfg.eps_high, cfg.dual_clip_c)
+    info = _clip_info(s, clip_low, clip_high, cfg)
+    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "seq-mean-token-mean"), info
+
+
+def gspo_token(logp: Tensor, b: Batch, cfg):
+    """GSPO-token: s_{i,t} = sg(s_i)·π_θ(y_t)/sg(π_θ(y_t)), allowing per-token advantages.
+
+    Same value and gradient as `gspo` when A is constant along a sequence. Book: ch. 5.
+    """
+    _check(logp, b)
+    s = torch.exp(seq_log_ratio(logp, b.prox_logp, b.mask)).detach() * torch.exp(logp - logp.detach())
+    loss_bt, clip_low, clip_high, dual = clip_surrogate(s, b.adv, cfg.eps_low, cfg.eps_high, cfg.dual_clip_c)
+    info = _clip_info(s, clip_low, clip_high, cfg)
+    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "seq-mean-token-mean"), info
+
+
+def gmpo(logp: Tensor, b: Batch, cfg):
+    """GMPO (arXiv 2507.20673): a geometric instead of an arithmetic mean of the token terms.
+
+    Per token, log r is clipped one-sided by the sign of A (A > 0: at most eps_high; A < 0: at least
+    -eps_low; log-space, the paper's (e^-0.4, e^0.4)), averaged over the sequence, exponentiated,
+    times A_i; mean over sequences. As verl's `geo_mean`. Book: ch. 10.
+    """
+    _check(logp, b)
+    log_r = logp - b.prox_logp
+    clipped = torch.where(b.adv > 0, torch.clamp(log_r, max=cfg.eps_high), torch.clamp(log_r, min=-cfg.eps_low))
+    clipped = torch.where(b.adv == 0, torch.zeros_like(log_r), clipped)
+    seq_ratio = torch.exp((clipped * b.mask).sum(-1, keepdim=True) / b.mask.sum(-1, keepdim=True).clamp(min=1.0))
+    loss_bt = -seq_ratio.expand_as(logp) * b.adv
+    clip_low = ((b.adv < 0) & (log_r < -cfg.eps_low)).detach()
+    clip_high = ((b.adv > 0) & (log_r > cfg.eps_high)).detach()
+    info = {"ratio": torch.exp(log_r).detach(), "clip_low": clip_low, "clip_high": clip_high,
+            "out_of_band": (log_r.abs() > torch.where(log_r > 0, cfg.eps_high, cfg.eps_low)).detach()}
+    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "seq-mean-token-mean"), info
+
+
+# -------------------------------------------------------------------------------------------------
+# off-policy data: decoupled PPO and A-3PO
+
+
+def decoupled_ppo(logp: Tensor, b: Batch, cfg):
+    """Decoupled PPO (Hilton et al. 2021, arXiv 2110.00641; AReaL): trust region around π_prox,
+    importance weight to the behaviour policy.
+
+    ℓ = -w·min(u·A, clip(u)·A) with u = π_θ/π_prox and detached w = π_prox/π_behav. With
+    prox = behav (synchronous data) it is PPO. `cfg.behav_weight_cap` masks tokens with w above the cap
+    (AReaL's old default, 5). Book: ch. 6.
+    """
+    _check(logp, b)
+    w = torch.exp(b.prox_logp - b.behav_logp).detach()  # corrects for stale samples; not a path for grad
+    mask = b.mask
+    if cfg.behav_weight_cap is not None:
+        mask = mask * (w <= cfg.behav_weight_cap)
+    u = token_ratio(logp, b.prox_logp)
+    loss_bt, clip_low, clip_high, dual = clip_surrogate(u, b.adv, cfg.eps_low, cfg.eps_high, cfg.dual_clip_c)
+    info = _clip_info(u, clip_low, clip_high, cfg, is_weight=w, is_masked=(mask < b.mask).detach())
+    return aggregate(w * loss_bt + _kl(logp, b, cfg), mask, "token-mean"), info
+
+
+def a3po(logp: Tensor, b: Batch, cfg):
+    """A-3PO (arXiv 2512.06547): decoupled PPO with π_prox interpolated, not recomputed.
+
+    log π̂_prox = α·behav_logp + (1-α)·sg(logp), α = 1/d, d = version being produced - behaviour
+    version (our `staleness` + 1, counted per training step). At d = 1 (synchronous) α = 1 and
+    π̂_prox = π_behav exactly, so it is decoupled PPO with no extra forward pass. As in AReaL, the
+    anchor moves with the (detached) current policy during the step. Book: ch. 7.
+    """
+    _check(logp, b)
+    alpha = (1.0 / b.version_gap.clamp(min=1).to(logp.dtype))[:, None]  # [B, 1]
+    prox = alpha * b.behav_logp + (1.0 - alpha) * logp.detach()
+    loss, info = decoupled_ppo(logp, replace(b, prox_logp=prox), cfg)
+    return loss, info | {"prox_logp": prox}
+
+
+# -------------------------------------------------------------------------------------------------
+# soft and IS-weighted surrogates
+
+
+def sapo(logp: Tensor, b: Batch, cfg):
+    """SAPO (arXiv 2511.20347): a smooth gate f(r) = σ(τ(r-1))·4/τ instead of the hard clip.
+
+    τ = tau_pos for A > 0, tau_neg (default 1.05 > 1.0) for A ≤ 0; seq-mean-token-mean, as TRL and
+    verl. On-policy its gradient is REINFORCE's. Book: ch. 9.
+    """
+    _check(logp, b)
+    r = token_ratio(logp, b.prox_logp)
+    loss_bt, gate = soft_gate(r, b.adv, cfg.tau_pos, cfg.tau_neg)
+    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "seq-mean-token-mean"), {"ratio": r.detach(), "gate": gate}
+
+
+def cispo(logp: Tensor, b: Batch, cfg):
+    """CISPO (MiniMax-M1, arXiv 2506.13585): clip the detached IS weight, never the update.
+
+    ℓ = -sg(clip(r, 1-eps_low, 1+eps_high))·A·logp, token-mean. Defaults eps_low = 1 (no lower
+    bound) and eps_high = 4: TRL's absolute cap `epsilon_high = 5`. Book: ch. 10.
+    """
+    _check(logp, b)
+    r = token_ratio(logp, b.prox_logp)
+    loss_bt, capped = clipped_is_pg(logp, r, b.adv, 1.0 - cfg.eps_low, 1.0 + cfg.eps_high)
+    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "token-mean"), {"ratio": r.detach(), "is_capped": capped}
+
+
+# -------------------------------------------------------------------------------------------------
+# the other "SPPO": Self-Play Preference Optimization
+
+
+def self_play_po(logp: Tensor, b: Batch, cfg):
+    """Self-Play Preference Optimization (Wu et al. 2024, arXiv 2405.00675), not Sequence-Level PPO.
+
+    ℓ_i = (log π_θ(y_i|x)/π_t(y_i|x) - η·(P̂(y_i ≻ π_t) - ½))², the squared regression of a
+    multiplicative-weights update. π_t is the sampler (`prox_logp`); P̂ - ½ comes from the advantage
+    'win_rate' (each response against the rest of its group, by verifiable reward). Book: ch. 8.
+    """
+    _check(logp, b)
+    seq_log_r = ((logp - b.prox_logp) * b.mask).sum(-1, keepdim=True)  # [B, 1]: log of the sequence ratio
+    target = (b.adv * b.mask).sum(-1, keepdim=True) / b.mask.sum(-1, keepdim=True).clamp(min=1.0)
+    loss_bt = ((seq_log_r - cfg.sp_eta * target) ** 2).expand_as(logp)
+    info = {"ratio": torch.exp(seq_log_r).expand_as(logp).detach()}
+    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "seq-mean-token-mean"), info
+
+
+# -------------------------------------------------------------------------------------------------
+# the registry
+
+
+@dataclass(frozen=True)
+class Loss:
+    fn: Callable
+    """The loss function (logp, batch, cfg) -> (loss, info)."""
+    summary: str
+    """One line for `python -m xxpo_lab losses` and the book."""
+    defaults: dict = field(default_factory=dict)
+    """Config fields this algorithm sets when they are left as None (adv, eps_low, eps_high, tau_pos, tau_neg)."""
+    prox: str = "behav"
+    """Where prox_logp comes from: 'behav' (the sampler) or 'recompute' (an extra forward pass at the start of the step)."""
+
+
+LOSSES = {
+    "pg": Loss(pg, "REINFORCE: importance-weighted policy gradient, no clip, no baseline", {"adv": "none"}),
+    "ppo": Loss(ppo, "PPO: token clip, token-mean, critic + GAE advantage", {"adv": "gae"}),
+    "grpo": Loss(grpo, "GRPO: token clip, per-sequence mean (1/|y|), group z-score advantage", {"adv": "grpo"}),
+    "bnpo": Loss(ppo, "BNPO: GRPO with a token-mean over the batch (TRL's bnpo)", {"adv": "grpo"}),
+    "dr_grpo": Loss(dr_grpo, "Dr. GRPO: constant normaliser B*T_max, mean-centred advantage", {"adv": "dr_grpo"}),
+    "dapo": Loss(ppo, "DAPO: token-mean, clip-higher (eps_high 0.28)", {"adv": "grpo", "eps_high": 0.28}),
+    "gspo": Loss(gspo, "GSPO: sequence-level geometric-mean ratio, sequence clip (eps 3e-4/4e-4)",
+                 {"adv": "grpo", "eps_low": 3e-4, "eps_high": 4e-4}),
+    "gspo_token": Loss(gspo_token, "GSPO-token: sequence ratio with per-token gradients",
+                       {"adv": "grpo", "eps_low": 3e-4, "eps_high": 4e-4}),
+    "decoupled_ppo": Loss(decoupled_ppo, "Decoupled PPO: clip around a recomputed proximal policy, IS weight to the sampler",
+                          {"adv": "grpo"}, prox="recompute"),
+    "a3po": Loss(a3po, "A-3PO: decoupled PPO with the proximal policy interpolated by staleness", {"adv": "grpo"}),
+    "sppo": Loss(ppo, "Sequence-Level PPO: token clip, advantage from a prompt-only critic (G = 1 works)",
+                 {"adv": "sppo"}),
+    "sapo": Loss(sapo, "SAPO: soft sigmoid gate instead of a hard clip (tau_pos 1.0, tau_neg 1.05)", {"adv": "grpo"}),
+    "cispo": Loss(cispo, "CISPO: clipped, detached IS weight; no token loses its gradient",
+                  {"adv": "grpo", "eps_low": 1.0, "eps_high": 4.0}),
+    "gmpo": Loss(gmpo, "GMPO: geometric mean of token ratios, per-token log-space clip (0.4)",
+                 {"adv": "grpo", "eps_low": 0.4, "eps_high": 0.4}),
+    "self_play_po": Loss(self_play_po, "Self-Play Preference Optimization: squared log-ratio regression onto win rate",
+                         {"adv": "win_rate"}),
+}
+
+
+def get_loss(name: str) -> Loss:
+    """The registered loss `name`; unknown names list the valid ones."""
+    if name not in LOSSES:
+        raise KeyError(f"unknown loss {name!r}; the losses are: {', '.join(LOSSES)}")
+    return LOSSES[name]

@@ -1,0 +1,100 @@
+"""Finished runs: the on-disk run cache, and running many configs (seeds, sweeps) in parallel.
+
+A History is a pandas DataFrame with one row per step and `.attrs` holding the resolved config, the
+warm start's record, the run key and the device. The cache key covers the full config, the device and
+a hash of the package source, so a change of code that can change a run's numbers changes the key.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from xxpo_lab.config import Config, resolve, sized, to_dict
+from xxpo_lab.policy import WARM_FIELDS, make_policy, pick_device
+from xxpo_lab.store import StoreError, atomic_write, cache_dir, key_of, source_hash
+
+History = pd.DataFrame
+
+
+def run_key(cfg: Config, device) -> str:
+    """The cache key of a run: resolved config, device type and package source."""
+    return key_of({"config": to_dict(cfg), "device": getattr(device, "type", str(device)), "source": source_hash()})
+
+
+def _paths(key: str) -> tuple[Path, Path]:
+    root = cache_dir() / "runs"
+    return root / f"{key}.parquet", root / f"{key}.json"
+
+
+def save_run(key: str, hist: History) -> None:
+    table, meta = _paths(key)
+    atomic_write(table, lambda tmp: hist.to_parquet(tmp, index=False))
+    atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps(hist.attrs, default=str)))
+
+
+def load_run(key: str) -> History | None:
+    """The cached History for `key`, None if there is none; a broken entry raises StoreError."""
+    table, meta = _paths(key)
+    if not meta.exists() and not table.exists():
+        return None
+    try:
+        attrs = json.loads(meta.read_text())
+        hist = pd.read_parquet(table)
+    except Exception as exc:  # a half-deleted or corrupt entry: say which files and what to do
+        raise StoreError(f"the cached run {key} ({table}, {meta}) cannot be read: {type(exc).__name__}: {exc}. "
+                         f"Delete both files, or pass cache=False.") from exc
+    if attrs.get("key") != key:
+        raise StoreError(f"the cached run {meta} holds key {attrs.get('key')!r}, not {key!r}. Delete it.")
+    hist.attrs = attrs
+    return hist
+
+
+def _train_quietly(cfg: Config) -> History:
+    from xxpo_lab.train import train
+
+    return train(cfg, progress=False, threads=1)
+
+
+def run_many(cfgs: list[Config], workers: int | None = None, progress: bool = True) -> list[History]:
+    """Train every config (cached runs are loaded, the rest run `workers` at a time, 1 thread each)."""
+    from tqdm.auto import tqdm
+
+    from xxpo_lab.train import train
+
+    device = pick_device()
+    found = [load_run(run_key(resolve(sized(c)), device)) for c in cfgs]
+    missing = [c for c, h in zip(cfgs, found) if h is None]
+    workers = workers or (1 if device.type == "cuda" else min(2, os.cpu_count() or 1))
+    if missing:
+        warm = {tuple(getattr(c, f) for f in WARM_FIELDS): c for c in map(sized, missing)}
+        for cfg in warm.values():
+            make_policy(cfg, device)  # each warm start trains once, before the workers would race for it
+        if workers == 1:
+            done = [train(c, progress=progress) for c in missing]
+        else:
+            with mp.get_context("spawn").Pool(workers) as pool:
+                done = list(tqdm(pool.imap(_train_quietly, missing), total=len(missing), disable=not progress,
+                                 desc=f"{len(missing)} runs"))
+        results = iter(done)
+        found = [h if h is not None else next(results) for h in found]
+    return found
+
+
+def compare(configs: dict[str, Config], seeds=(0, 1, 2), workers: int | None = None,
+            progress: bool = True) -> pd.DataFrame:
+    """Run each labelled config on each seed; one long table with columns 'run' and 'seed' added."""
+    jobs = [(label, seed, replace(cfg, seed=seed)) for label, cfg in configs.items() for seed in seeds]
+    hists = run_many([cfg for _, _, cfg in jobs], workers=workers, progress=progress)
+    parts = [h.assign(run=label, seed=seed) for (label, seed, _), h in zip(jobs, hists)]
+    out = pd.concat(parts, ignore_index=True)
+    out.attrs = {"configs": {label: to_dict(resolve(sized(cfg))) for label, cfg in configs.items()}}
+    return out
+
+
+__all__ = ["History", "StoreError", "compare", "load_run", "run_key", "run_many", "save_run"]
