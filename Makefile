@@ -59,7 +59,7 @@ test-unit: setup
 	$(call timed,layer 1: unit tests,$(PY) -m pytest tests/unit -n 2 -q)
 
 test-notebooks: setup
-	$(call timed,layer 2: notebooks in fast mode,XXPO_FAST=1 $(PY) -m pytest --nbmake --nbmake-timeout=600 -n 2 -q chapters)
+	$(call timed,layer 2: notebooks in fast mode,XXPO_FAST=1 OMP_NUM_THREADS=1 $(PY) -m pytest --nbmake --nbmake-timeout=600 -n 2 -q chapters)
 
 test-book: setup
 	$(call timed,layer 3: fast book build with warnings as errors,rm -rf _build/fast && XXPO_FAST=1 XXPO_BOOK=1 $(VENV)/bin/jupyter-book build . --path-output _build/fast -W -n --keep-going)

@@ -99,8 +99,10 @@ def reinforce_pp(b: Batch, cfg):
 
 
 def reinforce_pp_baseline(b: Batch, cfg):
-    """REINFORCE++-baseline: subtract the group mean, then whiten over the batch (verl's
-    `reinforce_plus_plus_baseline`; TRL's `scale_rewards="batch"` with group centring). Book: ch. 10."""
+    """REINFORCE++-baseline: subtract the group mean, then whiten over the batch.
+
+    verl's `reinforce_plus_plus_baseline`; TRL's `scale_rewards="batch"` with group centring. Book: ch. 10.
+    """
     R, _ = shaped_rewards(b, cfg)
     g = R.view(-1, cfg.G)
     return _masked_whiten(_broadcast((g - g.mean(-1, keepdim=True)).reshape(-1), b.mask), b.mask, cfg.adv_eps), None

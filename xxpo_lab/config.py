@@ -21,9 +21,9 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Config:
     # ---------------------------------------------------------------- task
-    task: str = "addition"
+    task: str = "reverse"
     """Toy verifiable task, one of `xxpo_lab.TASKS`: addition, arithmetic, countdown, copy, reverse, sort."""
-    difficulty: int = 2
+    difficulty: int = 5
     """Task size: digits per operand (addition), operands (arithmetic, countdown), max string length (copy/reverse/sort)."""
     # ---------------------------------------------------------------- policy
     n_layer: int = 2
@@ -59,9 +59,9 @@ class Config:
     temperature: float = 1.0
     """Sampling temperature; the learner divides logits by the same value, so log-probs match the sampler's."""
     # ---------------------------------------------------------------- optimisation
-    steps: int = 100
+    steps: int = 200
     """Training steps; each samples one batch of P*G responses."""
-    lr: float = 2e-4
+    lr: float = 1e-4
     """AdamW learning rate of the policy."""
     warmup_steps: int = 10
     """The learning rate rises linearly over the first warmup_steps steps (Adam's first updates are sign-like and large)."""
@@ -105,9 +105,9 @@ class Config:
     eps_value: float = 0.2
     """Value clipping range of PPO's critic loss (absolute, in reward units)."""
     gamma: float = 1.0
-    """Discount of GAE."""
+    """GAE discount of future rewards (1: the outcome counts fully at every token)."""
     lam: float = 0.95
-    """GAE lambda."""
+    """GAE lambda: 1 sums all future TD errors (Monte Carlo), 0 uses one step."""
     # ---------------------------------------------------------------- off-policy data (asynchronous RL)
     staleness: int = 0
     """Rollouts of step k come from the policy as it was at the start of step k - staleness (0: synchronous)."""

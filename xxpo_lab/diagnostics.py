@@ -63,6 +63,7 @@ GLOSSARY = {
     "time/prox": "Seconds spent on the extra forward pass for π_prox (decoupled PPO only; A-3PO has none).",
     "time/update": "Seconds spent on the step's gradient updates (policy and critic).",
     "time/step": "Seconds for the whole step, evaluation excluded.",
+    "time/eval": "Seconds spent on the held-out evaluation logged in this row.",
     "mem/peak_mb": "Peak memory of the process so far: CUDA max allocated on GPU, resident set size on CPU (MB).",
     "mem/policy_params_mb": "Bytes of the policy's parameters (MB).",
     "mem/policy_optim_mb": "Bytes of the policy's optimizer state (MB).",

@@ -1,0 +1,95 @@
+"""The family tree data, the plots, and the notebooks' committed form."""
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+import pytest
+import yaml
+
+from xxpo_lab import ADVANTAGES, LOSSES
+from xxpo_lab.family import FAMILY, family_table, family_tree, layout
+
+matplotlib.use("Agg")
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "chapters"))
+import _sync  # noqa: E402
+
+
+def test_family_data_is_a_consistent_tree():
+    names = [m.name for m in FAMILY]
+    assert len(names) == len(set(names))
+    by_name = {m.name: m for m in FAMILY}
+    for m in FAMILY:
+        for parent in m.parents:
+            assert parent in by_name, f"{m.name}: unknown parent {parent}"
+            assert by_name[parent].year <= m.year, f"{m.name} is older than its parent {parent}"
+        assert m.change and (m.edge or not m.parents)
+        assert not m.loss or m.loss in LOSSES or m.loss in ADVANTAGES, m.loss
+
+
+def test_family_figure_labels_every_edge():
+    pos = layout()
+    assert len(set(pos.values())) == len(FAMILY)  # no two members on top of each other
+    fig = family_tree()
+    texts = {t.get_text() for t in fig.axes[0].texts}
+    for m in FAMILY:
+        assert any(t.startswith(m.name) for t in texts)
+        if m.parents:
+            assert m.edge in texts
+    assert len(family_table()) == len(FAMILY)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    rows = []
+    for run, shift in (("a", 0.0), ("b", 0.1)):
+        for seed in (0, 1):
+            for step in range(5):
+                rows.append({"run": run, "seed": seed, "step": step, "reward/mean": 0.3 + shift + 0.01 * step * seed,
+                             "eval/accuracy": 0.4 + shift if step % 2 == 0 else None,
+                             "clip/active_frac@u0": 0.0, "clip/active_frac@u1": 0.1 + shift,
+                             "len/correct_mean": 3.0, "len/incorrect_mean": 4.0 + shift})
+    return pd.DataFrame(rows)
+
+
+def test_plots_draw_one_line_per_run_with_seed_bands(runs):
+    from xxpo_lab import plots
+
+    fig = plots.curves(runs, ["reward/mean", "eval/accuracy"])
+    ax = fig.axes[0]
+    assert len(ax.lines) == 2 and len(ax.collections) == 2  # mean lines and min..max bands
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a (2 seeds)", "b (2 seeds)"]
+    fig = plots.by_update(runs, "clip/active_frac")
+    assert list(fig.axes[0].lines[1].get_ydata()) == pytest.approx([0.0, 0.2])
+    assert len(plots.length_by_correctness(runs).axes[0].lines) == 4
+    assert len(plots.compare_bars(runs, "reward/mean").axes[0].patches) == 2
+
+
+def test_notebooks_are_committed_without_outputs():
+    for path in _sync.notebooks():
+        nb = json.loads(path.read_text())
+        dirty = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"
+                 and (c.get("outputs") or c.get("execution_count") is not None)]
+        assert not dirty, f"{path.name}: cells {dirty} carry outputs (run `make sync`)"
+
+
+def test_first_code_cell_installs_from_the_configured_repository():
+    url, branch = _sync.repository()
+    expected = _sync.install_cell()
+    assert f"git+{url}@{branch}" in expected
+    for path in _sync.notebooks():
+        nb = json.loads(path.read_text())
+        first = next(c for c in nb["cells"] if c["cell_type"] == "code")
+        assert "".join(first["source"]) == expected, f"{path.name}: install cell differs (run `make sync`)"
+
+
+def test_every_notebook_is_in_the_table_of_contents():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    listed = {toc["root"]} | {c["file"] for part in toc["parts"] for c in part["chapters"]}
+    for path in _sync.notebooks():
+        assert f"chapters/{path.stem}" in listed, f"{path.name} is not in _toc.yml"
+    for page in listed:
+        assert (ROOT / f"{page}.ipynb").exists() or (ROOT / f"{page}.md").exists(), page

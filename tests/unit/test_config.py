@@ -1,0 +1,70 @@
+"""Config: bad values fail at once with the field, the value and what is allowed; loss defaults; docs."""
+
+from dataclasses import fields, replace
+
+import pytest
+
+from xxpo_lab import Config, ConfigError, field_docs, resolve, sized
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"task": "chess"}, r"Config.task = 'chess' .* addition"),
+    ({"loss": "ppo2"}, r"Config.loss = 'ppo2' .* must be one of a3po"),
+    ({"adv": "zscore"}, r"Config.adv = 'zscore' .* grpo"),
+    ({"eps_low": 0.0}, r"Config.eps_low = 0.0 .* > 0"),
+    ({"eps_high": -0.2}, r"Config.eps_high = -0.2"),
+    ({"tau_pos": 0.0}, r"Config.tau_pos = 0.0"),
+    ({"tau_neg": -1.0}, r"Config.tau_neg = -1.0"),
+    ({"staleness": -1}, r"Config.staleness = -1 .* >= 0"),
+    ({"G": 1}, r"Config.G = 1 .* group baseline adv = 'grpo'"),
+    ({"P": 16, "minibatches": 3}, r"Config.minibatches = 3 .* divide P = 16 .* whole groups"),
+    ({"task": "addition", "difficulty": 4, "T_max": 4}, r"Config.T_max = 4 .* must be >= 6"),
+    ({"lr": 0.0}, r"Config.lr = 0.0 .* > 0"),
+    ({"temperature": -1.0}, r"Config.temperature"),
+    ({"dual_clip_c": 0.5}, r"Config.dual_clip_c = 0.5 .* > 1"),
+    ({"kl_estimator": "k4"}, r"Config.kl_estimator = 'k4' .* k1, k2, k3"),
+    ({"kl_in": "critic"}, r"Config.kl_in = 'critic'"),
+    ({"n_embd": 30, "n_head": 4}, r"Config.n_embd = 30 .* multiple of n_head = 4"),
+    ({"overlong_buffer": 8, "T_max": 8}, r"Config.overlong_buffer = 8 .* < T_max = 8"),
+    ({"behav_weight_cap": 0.5}, r"Config.behav_weight_cap = 0.5"),
+    ({"warm_start_acc": 1.5}, r"Config.warm_start_acc = 1.5 .* \(0, 1\]"),
+    ({"G": 1, "adv": "none", "dynamic_sampling": True}, r"dynamic_sampling .* G >= 2"),
+    ({"steps": 0}, r"Config.steps = 0 .* >= 1"),
+])
+def test_bad_values_fail_when_the_config_is_made(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        Config(**changes)
+    with pytest.raises(ConfigError, match=message):  # also through replace, as notebooks do
+        replace(Config(), **changes)
+
+
+def test_single_sample_is_fine_without_a_group_baseline():
+    Config(G=1, adv="none")
+    Config(G=1, loss="sppo")
+    Config(G=1, loss="ppo")
+
+
+def test_loss_defaults_fill_only_what_is_left_open():
+    assert (resolve(Config(loss="gspo")).eps_low, resolve(Config(loss="gspo")).eps_high) == (3e-4, 4e-4)
+    assert resolve(Config(loss="dapo")).eps_high == 0.28 and resolve(Config(loss="dapo")).eps_low == 0.2
+    assert resolve(Config(loss="dr_grpo")).adv == "dr_grpo"
+    assert resolve(Config(loss="gspo", eps_low=0.1)).eps_low == 0.1  # an explicit value wins
+    assert resolve(Config(loss="ppo")).adv == "gae"
+    cfg = resolve(Config(loss="grpo"))
+    assert resolve(cfg) is cfg  # nothing left to fill
+
+
+def test_every_field_is_documented():
+    docs = field_docs()
+    assert set(docs) == {f.name for f in fields(Config)}
+    assert all(len(d) > 15 for d in docs.values())
+
+
+def test_fast_mode_shrinks_sizes_only(monkeypatch):
+    cfg = Config(steps=200, P=16, minibatches=4)
+    assert sized(cfg) == cfg
+    monkeypatch.setenv("XXPO_FAST", "1")
+    small = sized(cfg)
+    assert small.steps == 20 and small.P == 8 and small.P % small.minibatches == 0
+    assert replace(small, steps=cfg.steps, P=cfg.P, eval_prompts=cfg.eval_prompts, eval_every=cfg.eval_every,
+                   grad_stats_k=cfg.grad_stats_k, warm_start_acc=cfg.warm_start_acc) == cfg

@@ -1,0 +1,89 @@
+"""Diagnostics: each reduction against hand-computed values; the gradient statistics in a run."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from xxpo_lab import GLOSSARY, train
+from xxpo_lab.batch import Batch
+from xxpo_lab.diagnostics import explained_variance, grad_moments, reduce_updates, rollout_metrics, update_metrics
+
+
+def _batch(reward, lengths, T=4):
+    B = len(reward)
+    mask = (torch.arange(T)[None] < torch.tensor(lengths)[:, None]).float()
+    return Batch(prompt_ids=torch.zeros(B, 1, dtype=torch.long), prompt_mask=torch.ones(B, 1, dtype=torch.long),
+                 resp_ids=torch.zeros(B, T, dtype=torch.long), mask=mask, behav_logp=torch.zeros(B, T),
+                 lengths=torch.tensor(lengths), truncated=torch.tensor(lengths) == T,
+                 version=torch.zeros(B, dtype=torch.long), reward=torch.tensor(reward),
+                 correct=torch.tensor(reward) > 0, adv=mask * 0.5, prox_logp=torch.zeros(B, T))
+
+
+def test_rollout_metrics_split_length_by_correctness():
+    # two groups of 2: (1, 0) has signal, (0, 0) has none
+    m = rollout_metrics(_batch([1.0, 0.0, 0.0, 0.0], [2, 3, 4, 1]), G=2)
+    assert m["reward/mean"] == 0.25 and m["reward/correct_frac"] == 0.25
+    assert m["len/correct_mean"] == 2 and m["len/incorrect_mean"] == pytest.approx((3 + 4 + 1) / 3)
+    assert m["len/truncated_frac"] == 0.25  # the length-4 response hit T = 4
+    assert m["adv/zero_std_frac"] == 0.5
+
+
+def test_update_metrics_clip_fractions_and_drift():
+    b = _batch([1.0, 0.0], [2, 2], T=2)
+    ratio = torch.tensor([[1.5, 1.0], [0.5, 1.0]])
+    b.adv = torch.tensor([[1.0, 1.0], [-1.0, 1.0]])
+    logp = ratio.log()  # behav_logp = 0, so r = exp(logp)
+    info = {"ratio": ratio, "clip_low": torch.tensor([[False, False], [True, False]]),
+            "clip_high": torch.tensor([[True, False], [False, False]]),
+            "out_of_band": torch.tensor([[True, False], [True, False]])}
+    m = update_metrics(info, logp, b, entropy=torch.ones(2, 2))
+    assert m["clip/active_frac"] == 0.5 and m["clip/low_frac"] == 0.25 and m["clip/high_frac"] == 0.25
+    assert m["clip/out_of_band_frac"] == 0.5 and m["clip/seq_active_frac"] == 1.0
+    # k1 = mean(-log r) = -(log 1.5 + log 0.5) / 4; k3 = mean(r - 1 - log r)
+    assert m["kl/k1"] == pytest.approx(-(torch.tensor(1.5).log() + torch.tensor(0.5).log()).item() / 4)
+    assert m["kl/k3"] == pytest.approx(((1.5 - 1 - torch.tensor(1.5).log()) + (0.5 - 1 - torch.tensor(0.5).log())).item() / 4)
+    assert m["ratio/max"] == 1.5 and m["entropy/mean"] == 1.0
+    assert m["ratio/ess"] == pytest.approx(4.0**2 / (1.5**2 + 0.5**2 + 2) / 4)
+
+
+def test_grad_moments():
+    grads = torch.tensor([[1.0, 0.0], [3.0, 0.0], [2.0, 3.0], [2.0, -3.0]])
+    m = grad_moments(grads)
+    # mean = (2, 0); deviations² = 1, 1, 9, 9 -> var = 20 / 3; snr = 4 / (20/3) = 0.6
+    assert m["grad/mean_norm"] == pytest.approx(2.0)
+    assert m["grad/var"] == pytest.approx(20 / 3)
+    assert m["grad/snr"] == pytest.approx(0.6)
+
+
+def test_explained_variance():
+    targets = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    ones = torch.ones(4)
+    assert explained_variance(targets, targets, ones) == pytest.approx(1.0)
+    assert explained_variance(torch.full((4,), 2.5), targets, ones) == pytest.approx(0.0)
+    assert explained_variance(targets + 1.0, targets, ones) == pytest.approx(1.0)  # a constant offset is explained
+
+
+def test_reduce_updates_means_and_per_update_columns():
+    row = reduce_updates([{"clip/active_frac": 0.0, "loss/policy": 1.0}, {"clip/active_frac": 0.2, "loss/policy": 3.0}])
+    assert row == {"clip/active_frac": 0.1, "loss/policy": 2.0, "clip/active_frac@u0": 0.0, "clip/active_frac@u1": 0.2}
+
+
+def test_gradient_statistics_in_a_run(tiny):
+    hist = train(replace(tiny, grad_stats_every=2, grad_stats_k=3, adv="none"), progress=False, cache=False)
+    baseline = train(replace(tiny, grad_stats_every=2, grad_stats_k=3, adv="rloo"), progress=False, cache=False)
+    stats = hist["grad/var"].dropna()
+    assert len(stats) == 2 and (stats > 0).all() and hist["grad/snr"].notna().sum() == 2
+    # measuring gradients must not change what the run does
+    plain = train(replace(tiny, adv="none"), progress=False, cache=False)
+    assert hist["reward/mean"].equals(plain["reward/mean"])
+    assert baseline["grad/var"].notna().sum() == 2
+
+
+def test_every_logged_metric_is_in_the_glossary(tiny):
+    hist = train(replace(tiny, loss="decoupled_ppo", staleness=1, minibatches=2), progress=False, cache=False)
+    ppo = train(replace(tiny, loss="ppo"), progress=False, cache=False)
+    sapo = train(replace(tiny, loss="sapo"), progress=False, cache=False)
+    logged = {c.split("@")[0] for h in (hist, ppo, sapo) for c in h.columns}
+    missing = logged - set(GLOSSARY)
+    assert not missing, f"metrics without a glossary entry: {sorted(missing)}"

@@ -1,0 +1,283 @@
+"""Identities and invariances of the named losses in `xxpo_lab.losses` (float64 throughout).
+
+(a) special-case identities (STYLE.md "Tests", anchor §F), (b) invariance to masked values and to
+minibatch splits, (c) the loss contract, (d) the expected gradients of the KL estimators (ALGORITHMS.md §0.4).
+"""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from xxpo_lab.batch import Batch, group_rows
+from xxpo_lab.blocks import KL_ESTIMATORS, aggregate, clip_surrogate, token_ratio
+from xxpo_lab.config import Config, resolve
+from xxpo_lab.losses import LOSSES, get_loss
+
+F64 = torch.float64
+
+
+def make_batch(mask, **fields):
+    """A Batch around `mask` [B, T]; fields no loss reads (prompt_ids, resp_ids, ...) are dummies."""
+    B, T = mask.shape
+    fields.setdefault("behav_logp", torch.zeros(B, T, dtype=mask.dtype))
+    return Batch(prompt_ids=torch.zeros(B, 1, dtype=torch.long), prompt_mask=torch.ones(B, 1, dtype=torch.long),
+                 resp_ids=torch.zeros(B, T, dtype=torch.long), mask=mask, lengths=mask.sum(-1).long(),
+                 truncated=torch.zeros(B, dtype=torch.bool), version=torch.zeros(B, dtype=torch.long), **fields)
+
+
+def random_batch(P=3, G=2, T=6, seed=0, lengths=None, noise=0.3):
+    """Off-policy batch: ragged lengths, one advantage per sequence, logp = behav_logp + noise.
+    Values under the mask are 0, as the sampler leaves them. Returns (batch, logp values)."""
+    gen = torch.Generator().manual_seed(seed)
+    B = P * G
+    lengths = torch.randint(1, T + 1, (B,), generator=gen) if lengths is None else torch.tensor(lengths)
+    mask = (torch.arange(T) < lengths[:, None]).to(F64)  # [B, T]
+    randn = lambda: torch.randn(B, T, generator=gen, dtype=F64)
+    behav = (-torch.rand(B, T, generator=gen, dtype=F64) * 3) * mask
+    b = make_batch(mask, behav_logp=behav, prox_logp=behav.clone(), ref_logp=(behav + 0.2 * randn()) * mask,
+                   adv=torch.randn(B, 1, generator=gen, dtype=F64) * mask,
+                   version_gap=torch.randint(1, 5, (B,), generator=gen))
+    return b, (behav + noise * randn()) * mask
+
+
+def cfg_for(name, **kw):
+    return resolve(replace(Config(), loss=name, **kw))
+
+
+def loss_and_grad(fn, logp, b, cfg):
+    logp = logp.detach().clone().requires_grad_()
+    loss, _ = fn(logp, b, cfg)
+    loss.backward()
+    return loss.detach(), logp.grad
+
+
+def reinforce(mode, T_max=None):
+    """Plain policy gradient -A·logp, aggregated by `mode`: the reference the identities compare with."""
+    return lambda logp, b, cfg: (aggregate(-b.adv * logp, b.mask, mode, T_max), {})
+
+
+# -------------------------------------------------------------------------------------------------
+# (a) identities
+
+ON_POLICY_CASES = [  # (loss, its aggregation); A is constant along each sequence, as group advantages are
+    ("pg", "token-mean"), ("ppo", "token-mean"), ("dapo", "token-mean"), ("cispo", "token-mean"),
+    ("grpo", "seq-mean-token-mean"), ("gspo", "seq-mean-token-mean"), ("gspo_token", "seq-mean-token-mean"),
+    ("gmpo", "seq-mean-token-mean"), ("sapo", "seq-mean-token-mean"), ("dr_grpo", "seq-mean-token-sum-norm"),
+]
+
+
+@pytest.mark.parametrize("name, mode", ON_POLICY_CASES, ids=[c[0] for c in ON_POLICY_CASES])
+def test_on_policy_gradient_equals_reinforce_with_the_same_aggregation(name, mode):
+    # prox = sg(logp): r ≡ 1, nothing is clipped (ppo), s ≡ 1 (gspo), f'(1) = 1 (sapo), sg(clip(1)) = 1 (cispo)
+    b, logp = random_batch(seed=1)
+    cfg = cfg_for(name)
+    b = replace(b, prox_logp=logp)
+    _, grad = loss_and_grad(LOSSES[name].fn, logp, b, cfg)
+    _, expected = loss_and_grad(reinforce(mode, cfg.T_max), logp, b, cfg)
+    torch.testing.assert_close(grad, expected)
+
+
+def test_on_policy_gspo_gradient_equals_grpo_gradient():
+    b, logp = random_batch(seed=2)
+    b = replace(b, prox_logp=logp)
+    _, g_gspo = loss_and_grad(LOSSES["gspo"].fn, logp, b, cfg_for("gspo"))
+    _, g_grpo = loss_and_grad(LOSSES["grpo"].fn, logp, b, cfg_for("grpo"))
+    torch.testing.assert_close(g_gspo, g_grpo)
+
+
+@pytest.mark.parametrize("dual_clip_c", [0.0, 3.0])
+def test_decoupled_ppo_with_prox_equal_to_behav_is_ppo(dual_clip_c):
+    # w = π_prox/π_behav = 1, so -w·min(u·A, clip(u)·A) is PPO's token loss, token-mean in both
+    b, logp = random_batch(seed=3, noise=0.5)
+    cfg = cfg_for("ppo", dual_clip_c=dual_clip_c, behav_weight_cap=5.0)
+    loss_d, grad_d = loss_and_grad(LOSSES["decoupled_ppo"].fn, logp, b, cfg)
+    loss_p, grad_p = loss_and_grad(LOSSES["ppo"].fn, logp, b, cfg)
+    torch.testing.assert_close(loss_d, loss_p)
+    torch.testing.assert_close(grad_d, grad_p)
+
+
+def test_a3po_at_version_gap_1_is_decoupled_ppo():
+    # d = 1: α = 1/d = 1, so π̂_prox = 1·behav + 0·sg(logp) = behav exactly
+    b, logp = random_batch(seed=4, noise=0.5)
+    b = replace(b, version_gap=torch.ones(b.B, dtype=torch.long), prox_logp=b.behav_logp + 0.7)  # a3po ignores prox_logp
+    cfg = cfg_for("a3po")
+    loss_a, grad_a = loss_and_grad(LOSSES["a3po"].fn, logp, b, cfg)
+    loss_d, grad_d = loss_and_grad(LOSSES["decoupled_ppo"].fn, logp, replace(b, prox_logp=b.behav_logp), cfg)
+    torch.testing.assert_close(loss_a, loss_d)
+    torch.testing.assert_close(grad_a, grad_d)
+
+
+def test_a3po_prox_weight_on_behav_is_one_over_version_gap():
+    # log π̂_prox = α·behav_logp + (1-α)·sg(logp) with α = 1/d; with behav_logp = 1, logp = 0 it equals α.
+    # d = 1, 2, 4, 8 -> α = 1, 0.5, 0.25, 0.125 (AReaL's α' = 1 - α = 0, 0.5, 0.75, 0.875).
+    # d = 0 cannot occur in training (gap = step + 1 - version >= 1); the clamp treats it as d = 1.
+    mask = torch.ones(5, 2, dtype=F64)
+    b = make_batch(mask, behav_logp=torch.ones_like(mask), prox_logp=torch.zeros_like(mask),
+                   adv=torch.ones_like(mask), version_gap=torch.tensor([1, 2, 4, 8, 0]))
+    _, info = LOSSES["a3po"].fn(torch.zeros_like(mask, requires_grad=True), b, cfg_for("a3po"))
+    torch.testing.assert_close(info["prox_logp"][:, 0], torch.tensor([1, 0.5, 0.25, 0.125, 1], dtype=F64))
+
+
+def test_gspo_token_equals_gspo_when_advantage_is_constant_along_each_sequence():
+    # s_{i,t} = sg(s_i)·π_θ/sg(π_θ) has value s_i and ∂s_{i,t}/∂logp_t = s_i; GSPO's ∂s_i/∂logp_t = s_i/|y_i|,
+    # and the 1/|y_i| of seq-mean-token-mean makes them equal. eps = 0.1 clips some sequences, not all.
+    b, logp = random_batch(P=4, seed=5, noise=0.4)
+    cfg = cfg_for("gspo", eps_low=0.1, eps_high=0.1)
+    loss_s, grad_s = loss_and_grad(LOSSES["gspo"].fn, logp, b, cfg)
+    loss_t, grad_t = loss_and_grad(LOSSES["gspo_token"].fn, logp, b, cfg)
+    torch.testing.assert_close(loss_t, loss_s)
+    torch.testing.assert_close(grad_t, grad_s)
+    _, info = LOSSES["gspo"].fn(logp, b, cfg)
+    clipped_seq = (info["clip_low"] | info["clip_high"])[:, 0]
+    assert clipped_seq.any() and not clipped_seq.all()
+
+
+def test_clip_fraction_two_definitions():
+    # anchor §B2, eps = 0.2, (r, A) = (1.5, +1), (0.5, -1), (0.5, +1), (1.5, -1):
+    # out of band |r - 1| > 0.2: 4/4 = 1.0; clipped branch active (zero gradient): tokens 0 and 1, 2/4 = 0.5
+    mask = torch.ones(1, 4, dtype=F64)
+    b = make_batch(mask, prox_logp=torch.zeros_like(mask), adv=torch.tensor([[1.0, -1.0, 1.0, -1.0]], dtype=F64))
+    logp = torch.tensor([[1.5, 0.5, 0.5, 1.5]], dtype=F64).log()
+    _, info = LOSSES["ppo"].fn(logp, b, cfg_for("ppo"))
+    assert info["out_of_band"].double().mean() == 1.0
+    assert (info["clip_low"] | info["clip_high"]).double().mean() == 0.5
+
+
+# -------------------------------------------------------------------------------------------------
+# (b) invariances
+
+
+def _scramble_padding(x, mask, gen):
+    return torch.where(mask.bool(), x, 3 * torch.randn(x.shape, generator=gen, dtype=x.dtype))
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_values_under_the_mask_change_neither_loss_nor_gradient(name):
+    b, logp = random_batch(seed=6)
+    assert (b.mask == 0).any()
+    cfg = cfg_for(name, beta=0.04)  # with the KL term in the loss
+    gen = torch.Generator().manual_seed(7)
+    noisy = replace(b, **{f: _scramble_padding(getattr(b, f), b.mask, gen)
+                          for f in ("behav_logp", "prox_logp", "ref_logp", "adv")})
+    loss, grad = loss_and_grad(LOSSES[name].fn, logp, b, cfg)
+    loss_n, grad_n = loss_and_grad(LOSSES[name].fn, _scramble_padding(logp, b.mask, gen), noisy, cfg)
+    torch.testing.assert_close(loss_n, loss)
+    torch.testing.assert_close(grad_n, grad)
+    assert (grad[b.mask == 0] == 0).all()
+
+
+def _seq_sum_pg(logp, b, cfg):
+    """PPO's clipped surrogate with seq-mean-token-sum (no registered loss uses this mode)."""
+    loss_bt, _, _, _ = clip_surrogate(token_ratio(logp, b.prox_logp), b.adv, cfg.eps_low, cfg.eps_high)
+    return aggregate(loss_bt, b.mask, "seq-mean-token-sum"), {}
+
+
+SEQ_SEPARABLE = {  # loss -> aggregation; every one is a mean over sequences of a per-sequence term
+    "grpo": LOSSES["grpo"].fn,  # seq-mean-token-mean
+    "seq-mean-token-sum": _seq_sum_pg,
+    "dr_grpo": LOSSES["dr_grpo"].fn,  # seq-mean-token-sum-norm
+    "gspo": LOSSES["gspo"].fn,
+    "sapo": LOSSES["sapo"].fn,
+}
+
+
+@pytest.mark.parametrize("name", SEQ_SEPARABLE)
+def test_minibatches_weighted_by_sequence_share_reproduce_full_batch_gradient(name):
+    # L = (1/B) Σ_i ℓ_i (ℓ_i alone for token-mean-in-sequence, token-sum, or token-sum/T_max), so
+    # L = Σ_k (B_k/B)·L_k over minibatches of whole groups, off-policy and with the clip active
+    fn, cfg = SEQ_SEPARABLE[name], cfg_for("grpo", eps_low=0.2, eps_high=0.2)
+    b, logp0 = random_batch(P=4, G=2, seed=8, noise=0.4)
+    _, full = loss_and_grad(fn, logp0, b, cfg)
+    logp = logp0.clone().requires_grad_()
+    for idx in group_rows(4, 2, 2, torch.Generator().manual_seed(0)):
+        loss, _ = fn(logp[idx], b.rows(idx), cfg)
+        (loss * len(idx) / b.B).backward()
+    torch.testing.assert_close(logp.grad, full)
+
+
+def test_token_mean_minibatches_weighted_by_sequence_share_do_not_reproduce_full_batch():
+    # Documented pitfall. Groups of G = 2: group 0 has lengths (3, 3) -> 6 tokens, group 1 lengths (1, 1)
+    # -> 2 tokens; N = 8. On-policy, ∂L/∂logp = -A/N = -A/8 per token on the full batch. One minibatch per
+    # group, weight 1/2 each (same number of sequences): group 0 tokens get ½·(-A/6) = -A/12 = (2/3)·(-A/8),
+    # group 1 tokens get ½·(-A/2) = -A/4 = 2·(-A/8): short sequences are over-weighted 3x relative to long.
+    b, logp0 = random_batch(P=2, G=2, T=3, lengths=[3, 3, 1, 1], seed=9)
+    b = replace(b, prox_logp=logp0)
+    cfg = cfg_for("ppo")
+    _, full = loss_and_grad(LOSSES["ppo"].fn, logp0, b, cfg)
+    logp = logp0.clone().requires_grad_()
+    for idx in (torch.tensor([0, 1]), torch.tensor([2, 3])):
+        loss, _ = LOSSES["ppo"].fn(logp[idx], b.rows(idx), cfg)
+        (loss * 0.5).backward()
+    factor = torch.tensor([[2 / 3], [2 / 3], [2.0], [2.0]], dtype=F64)
+    torch.testing.assert_close(logp.grad, factor * full)
+
+
+def test_token_mean_minibatches_weighted_by_token_share_reproduce_full_batch():
+    # L = Σ_t ℓ_t / N = Σ_k (N_k/N)·L_k: weight by tokens, not sequences (TRL's global token normaliser)
+    b, logp0 = random_batch(P=4, G=2, seed=10, noise=0.4)
+    cfg = cfg_for("ppo")
+    _, full = loss_and_grad(LOSSES["ppo"].fn, logp0, b, cfg)
+    logp = logp0.clone().requires_grad_()
+    for idx in group_rows(4, 2, 2, torch.Generator().manual_seed(0)):
+        mb = b.rows(idx)
+        loss, _ = LOSSES["ppo"].fn(logp[idx], mb, cfg)
+        (loss * mb.mask.sum() / b.mask.sum()).backward()
+    torch.testing.assert_close(logp.grad, full)
+
+
+# -------------------------------------------------------------------------------------------------
+# (c) the loss contract
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_every_loss_returns_a_finite_scalar_and_detached_bt_info(name):
+    b, logp = random_batch(seed=11)
+    logp.requires_grad_()
+    loss, info = LOSSES[name].fn(logp, b, cfg_for(name, beta=0.04))
+    assert loss.dim() == 0 and torch.isfinite(loss) and loss.requires_grad
+    assert info, "info should hold at least the ratio"
+    for key, value in info.items():
+        assert isinstance(value, torch.Tensor), key
+        assert not value.requires_grad, key
+        assert value.shape == b.mask.shape, (key, value.shape)
+
+
+def test_get_loss_unknown_name_raises_key_error_listing_valid_names():
+    with pytest.raises(KeyError) as err:
+        get_loss("ppo2")
+    assert all(name in str(err.value) for name in LOSSES)
+    assert get_loss("grpo") is LOSSES["grpo"]
+
+
+# -------------------------------------------------------------------------------------------------
+# (d) expected gradients of the KL estimators, by enumeration over a categorical policy π = softmax(θ)
+
+
+def _kl_gradients(estimator):
+    theta = torch.tensor([[0.3, -1.0, 0.5, 0.0, 1.2]], dtype=F64, requires_grad=True)
+    ref_logp = torch.log_softmax(torch.tensor([[0.0, 0.4, -0.7, 1.0, 0.2]], dtype=F64), -1)
+    logp = torch.log_softmax(theta, -1)
+    pi = logp.exp()
+    # E_{y~π}[∇k(y)]: the samples are fixed, so the probabilities weighting them carry no gradient
+    expected = torch.autograd.grad((pi.detach() * KL_ESTIMATORS[estimator](logp, ref_logp)).sum(), theta,
+                                   retain_graph=True)[0]
+    reverse = torch.autograd.grad((pi * (logp - ref_logp)).sum(), theta, retain_graph=True)[0]  # ∇KL(π‖ref)
+    forward = torch.autograd.grad((ref_logp.exp() * (ref_logp - logp)).sum(), theta)[0]  # ∇KL(ref‖π)
+    return expected, reverse, forward
+
+
+def test_k1_in_the_loss_has_zero_expected_gradient():
+    expected, _, _ = _kl_gradients("k1")  # E[∇log π] = Σ_y ∇π(y) = ∇1 = 0
+    torch.testing.assert_close(expected, torch.zeros_like(expected))
+
+
+def test_k2_in_the_loss_descends_the_reverse_kl():
+    expected, reverse, forward = _kl_gradients("k2")  # E[(log π - log ref)·∇log π] = ∇KL(π‖ref)
+    torch.testing.assert_close(expected, reverse)
+    assert not torch.allclose(reverse, forward)
+
+
+def test_k3_in_the_loss_descends_the_forward_kl():
+    expected, _, forward = _kl_gradients("k3")  # E_π[(1 - ref/π)·∇log π] = -E_ref[∇log π] = ∇KL(ref‖π)
+    torch.testing.assert_close(expected, forward)

@@ -1,0 +1,161 @@
+"""The training loop: determinism, resume, run cache, bad files, non-finite stops, one smoke run per loss."""
+
+import importlib
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+import torch
+
+from xxpo_lab import LOSSES, NonFiniteError, StoreError, train
+from xxpo_lab.config import resolve
+from xxpo_lab.runs import run_key
+
+train_module = importlib.import_module("xxpo_lab.train")  # the package exports the function under the same name
+NOISY = ("time/", "mem/peak")  # wall-clock columns differ between any two runs
+
+
+def _steady(hist: pd.DataFrame) -> pd.DataFrame:
+    return hist[[c for c in hist if not c.startswith(NOISY)]]
+
+
+def test_same_config_and_seed_give_identical_histories(tiny):
+    a = train(tiny, progress=False, cache=False)
+    b = train(tiny, progress=False, cache=False)
+    pd.testing.assert_frame_equal(_steady(a), _steady(b))
+    c = train(replace(tiny, seed=1), progress=False, cache=False)
+    assert not _steady(a).equals(_steady(c))
+
+
+def test_history_has_one_row_per_step_and_a_final_evaluation(tiny):
+    hist = train(tiny, progress=False, cache=False)
+    assert list(hist["step"]) == list(range(tiny.steps + 1))
+    assert hist["eval/accuracy"].notna().tolist() == [True, False, True, False, True]
+    assert hist.attrs["config"] == resolve(tiny).__dict__ | {}
+    for col in ("reward/mean", "len/correct_mean", "clip/active_frac", "clip/active_frac@u0", "kl/k3", "entropy/mean",
+                "grad/norm", "time/sample", "time/update", "mem/peak_mb", "mem/policy_params_mb", "adv/zero_std_frac"):
+        assert col in hist, col
+
+
+def test_resume_ends_identical_to_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
+    cfg = replace(tiny, steps=6, staleness=1, minibatches=2, loss="ppo")  # critic, snapshots and minibatches
+    full = train(cfg, progress=False, cache=False)
+    calls = {"n": 0}
+    real_step = train_module._step
+
+    def crash_after_three(state, step):
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the machine goes away mid-run
+        calls["n"] += 1
+        return real_step(state, step)
+
+    monkeypatch.setattr(train_module, "_step", crash_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False, cache=False, checkpoint_dir=tmp_path, checkpoint_every=2)
+    assert (tmp_path / "checkpoint.pt").exists()
+    monkeypatch.setattr(train_module, "_step", real_step)
+    resumed = train(cfg, progress=False, cache=False, checkpoint_dir=tmp_path, checkpoint_every=2)
+    pd.testing.assert_frame_equal(_steady(full), _steady(resumed))
+
+
+def test_run_cache_returns_the_stored_run_without_training(tiny, monkeypatch):
+    cfg = replace(tiny, seed=11)
+    first = train(cfg, progress=False)
+    monkeypatch.setattr(train_module, "_setup", lambda *a: pytest.fail("a cached run was retrained"))
+    again = train(cfg, progress=False)
+    pd.testing.assert_frame_equal(first, again)
+    assert again.attrs == first.attrs
+    monkeypatch.undo()
+    retrained = train(cfg, progress=False, cache=False)  # the flag turns the cache off
+    pd.testing.assert_frame_equal(_steady(first), _steady(retrained))
+
+
+def test_the_cache_key_follows_config_device_and_source(tiny, monkeypatch):
+    cfg = resolve(tiny)
+    key = run_key(cfg, torch.device("cpu"))
+    assert run_key(replace(cfg, lr=1e-3), torch.device("cpu")) != key
+    assert run_key(cfg, torch.device("cuda")) != key
+    monkeypatch.setattr("xxpo_lab.runs.source_hash", lambda: "edited-source")
+    assert run_key(cfg, torch.device("cpu")) != key
+
+
+def test_a_corrupt_cache_entry_is_an_error_not_a_retrain(tiny, tmp_path, monkeypatch):
+    from xxpo_lab.runs import _paths
+
+    monkeypatch.setenv("XXPO_CACHE", str(tmp_path))  # this test breaks its cache on purpose
+    cfg = replace(tiny, seed=12)
+    train(cfg, progress=False)
+    table, _ = _paths(run_key(resolve(cfg), torch.device("cpu")))
+    table.write_bytes(b"not parquet")
+    with pytest.raises(StoreError, match=r"(?s)cannot be read.*Delete both files, or pass cache=False"):
+        train(cfg, progress=False)
+
+
+def test_a_corrupt_or_foreign_checkpoint_is_an_error(tiny, tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(StoreError, match="cannot read the checkpoint file"):
+        train(tiny, progress=False, cache=False, checkpoint_dir=tmp_path, checkpoint_every=1)
+    other = tmp_path / "other"
+    train(replace(tiny, steps=2), progress=False, cache=False, checkpoint_dir=other, checkpoint_every=1)
+    with pytest.raises(StoreError, match="was written for something else"):
+        train(tiny, progress=False, cache=False, checkpoint_dir=other, checkpoint_every=1)
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tiny, tmp_path, monkeypatch):
+    spec = LOSSES["grpo"]
+    calls = {"n": 0}
+
+    def breaks_at_step_3(logp, b, cfg):
+        calls["n"] += 1
+        loss, info = spec.fn(logp, b, cfg)
+        return (loss * float("nan") if calls["n"] == 4 else loss), info
+
+    monkeypatch.setitem(LOSSES, "grpo", replace(spec, fn=breaks_at_step_3))
+    with pytest.raises(NonFiniteError, match=r"step 3: loss/policy is nan") as err:
+        train(replace(tiny, steps=6), progress=False, cache=False, checkpoint_dir=tmp_path, checkpoint_every=1)
+    assert list(err.value.history["step"]) == [0, 1, 2]  # the good steps are not lost
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert saved["meta"]["step"] == 3 and all(torch.isfinite(v).all() for v in saved["policy"].values())
+
+
+def test_staleness_samples_with_an_old_policy(tiny):
+    hist = train(replace(tiny, staleness=2, steps=4), progress=False, cache=False)
+    sync = train(replace(tiny, steps=4), progress=False, cache=False)
+    # the first two steps sample with the initial policy either way; later ones drift from it
+    assert hist["kl/k3@u0"].iloc[0] < 1e-6 and hist["kl/k3@u0"].iloc[3] > 1e-6
+    assert sync["kl/k3@u0"].iloc[:4].max() < 1e-6
+
+
+def test_dynamic_sampling_keeps_only_groups_with_signal(tiny):
+    hist = train(replace(tiny, dynamic_sampling=True, steps=3), progress=False, cache=False).iloc[:-1]
+    assert (hist["adv/zero_std_frac"] == 0).all()  # every group in the batch has mixed rewards
+    assert (hist["data/kept_frac"] < 1).any()  # some sampled groups were dropped
+    per_step = hist["samples"].diff().fillna(hist["samples"].iloc[0])
+    assert (per_step >= tiny.P * tiny.G).all() and (per_step > tiny.P * tiny.G).any()
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_every_loss_changes_the_parameters_and_raises_reward(name):
+    from xxpo_lab import Config
+    from xxpo_lab.policy import make_policy
+
+    cfg = Config(task="copy", difficulty=3, T_max=5, n_layer=1, n_head=2, n_embd=32, P=8, G=8, steps=60,
+                 eval_prompts=256, eval_every=60, warm_start_acc=0.3, lr=3e-4, loss=name)
+    start, _, _ = make_policy(resolve(cfg))
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    captured = {}
+    real_setup = train_module._setup
+
+    def keep_state(*args):
+        captured["state"] = real_setup(*args)
+        return captured["state"]
+
+    train_module._setup = keep_state
+    try:
+        hist = train(cfg, progress=False, cache=False)
+    finally:
+        train_module._setup = real_setup
+    after = captured["state"].policy.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    acc = hist["eval/accuracy"].dropna().values
+    assert acc[-1] > acc[0] + 0.05, f"{name}: held-out accuracy {acc[0]:.3f} -> {acc[-1]:.3f}"
