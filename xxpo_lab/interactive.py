@@ -15,13 +15,20 @@ def in_book_build() -> bool:
     return os.environ.get("XXPO_BOOK") == "1"
 
 
-def show(fig) -> None:
-    """Display a plotly figure: kernel-free HTML in the book, the normal renderer elsewhere."""
-    if in_book_build():
-        from IPython.display import HTML, display
+def show(fig, post_script: str | None = None) -> None:
+    """Display a plotly figure: kernel-free HTML in the book, the normal renderer elsewhere.
 
-        display(HTML(fig.to_html(include_plotlyjs=False, include_mathjax=False, full_html=False,
-                                 config={"displaylogo": False, "responsive": True})))
+    `post_script` is JavaScript run after the figure is drawn (the loss explorer's slider logic); with
+    it, Colab and Jupyter get HTML that loads plotly.js from its CDN, since fig.show() cannot carry it.
+    """
+    from IPython.display import HTML, display
+
+    options = {"include_mathjax": False, "full_html": False, "post_script": post_script,
+               "config": {"displaylogo": False, "responsive": True}}
+    if in_book_build():
+        display(HTML(fig.to_html(include_plotlyjs=False, **options)))
+    elif post_script:
+        display(HTML(fig.to_html(include_plotlyjs="cdn", **options)))
     else:
         fig.show()
 
@@ -37,3 +44,49 @@ def glue(name: str, value, fmt: str = "") -> None:
         print(f"{name} = {format(value, fmt)}")
         return
     myst_glue(name, value, display=False)
+
+
+def sweep_figure(table, param: str, metrics, by: str = "run", x: str = "step", smooth: int = 1,
+                 title: str = ""):
+    """One plotly figure with a slider over `param`: every position shows real runs at that value.
+
+    table: the long table of `runs.compare` (or any DataFrame with columns by, param, 'seed', x and the
+    metrics). Each position draws, per `by` group, the mean over seeds and a band from the lowest to the
+    highest seed. Precomputed, so the slider works on the website without a kernel.
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from xxpo_lab.plots import COLORS
+
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    values = sorted(table[param].dropna().unique())
+    groups = list(dict.fromkeys(table[by]))
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=metrics, horizontal_spacing=0.08)
+    owner = []  # param value of each trace
+    for v in values:
+        part = table[table[param] == v]
+        for gi, g in enumerate(groups):
+            color = COLORS[gi % len(COLORS)]
+            for col, metric in enumerate(metrics, start=1):
+                wide = part[part[by] == g].pivot_table(index=x, columns="seed", values=metric).sort_index()
+                if smooth > 1:
+                    wide = wide.rolling(smooth, min_periods=1).mean()
+                wide = wide.dropna(how="all")
+                common = {"x": wide.index, "legendgroup": str(g), "visible": v == values[0], "hoverinfo": "skip"}
+                fig.add_trace(go.Scatter(y=wide.min(axis=1), line={"width": 0}, showlegend=False, **common),
+                              row=1, col=col)
+                fig.add_trace(go.Scatter(y=wide.max(axis=1), line={"width": 0}, fill="tonexty", fillcolor=color,
+                                         opacity=0.2, showlegend=False, **common), row=1, col=col)
+                fig.add_trace(go.Scatter(y=wide.mean(axis=1), name=f"{g} ({wide.shape[1]} seeds)", line_color=color,
+                                         showlegend=col == 1, **(common | {"hoverinfo": "x+y+name"})), row=1, col=col)
+                owner += [v, v, v]
+    steps = [{"label": f"{v:g}" if isinstance(v, float) else str(v), "method": "update",
+              "args": [{"visible": [o == v for o in owner]}, {"title.text": f"{title} {param} = {v}".strip()}]}
+             for v in values]
+    fig.update_layout(sliders=[{"active": 0, "currentvalue": {"prefix": f"{param} = "}, "steps": steps,
+                                "pad": {"t": 40}}],
+                      title={"text": f"{title} {param} = {values[0]}".strip()}, height=420,
+                      margin={"t": 70, "b": 40}, meta={"xxpo_sweep": param})
+    fig.update_xaxes(title_text=x)
+    return fig

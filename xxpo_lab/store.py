@@ -17,7 +17,7 @@ import torch
 
 import xxpo_lab
 
-PRESENTATION_MODULES = {"plots.py", "interactive.py", "widgets.py", "cli.py", "__main__.py", "family.py"}
+PRESENTATION_MODULES = {"plots.py", "interactive.py", "explorer.py", "widgets.py", "cli.py", "__main__.py", "family.py"}
 """Modules that cannot change a run's numbers; editing them keeps cached runs valid."""
 
 

@@ -1,0 +1,52 @@
+"""Kernel-free interactivity on the built site: the loss explorer's sliders change the plotted curves."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ARTIFACTS, toc_pages
+
+EXPLORER = "chapters/a3_loss_explorer"
+GD = "document.querySelector('.plotly-graph-div')"
+
+
+def _trace(page, name: str, axis: str) -> int:
+    """Index of the objective trace of loss `name` in the panel on `axis` ('y' = A > 0, 'y2' = A < 0)."""
+    return page.evaluate(f"""() => {GD}.data.findIndex(t => t.name === '{name}' && t.yaxis === '{axis}'
+                                                              && t.fill !== 'tozeroy')""")
+
+
+def _slider_click(page, slider: int, fraction: float) -> None:
+    """Click slider number `slider` at a fraction of its rail, as a reader would."""
+    rail = page.query_selector_all(".slider-container .slider-rail-rect")[slider]
+    rail.scroll_into_view_if_needed()
+    box = rail.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * fraction, box["y"] + box["height"] / 2)
+    page.wait_for_timeout(500)
+
+
+@pytest.mark.skipif(EXPLORER not in toc_pages(), reason="the loss explorer page is not in the book")
+def test_explorer_slider_moves_the_curve(open_page):
+    page, errors = open_page(f"{EXPLORER}.html")
+    page.wait_for_function(f"{GD} && {GD}.layout.meta.xxpo_explorer")
+    ppo = _trace(page, "ppo", "y")
+    assert ppo >= 0
+    graph = page.query_selector(".plotly-graph-div")
+    graph.scroll_into_view_if_needed()
+    ARTIFACTS.mkdir(exist_ok=True)
+    graph.screenshot(path=str(ARTIFACTS / "explorer_before.png"))
+    before = page.evaluate(f"() => Array.from({GD}.data[{ppo}].y)")
+    # eps_high (the second slider) to its first position, 0.0003: PPO's A > 0 objective flattens at 1.0003
+    sliders = page.evaluate(f"() => {GD}.layout.sliders.map(s => s.name)")
+    _slider_click(page, sliders.index("eps_high"), 0.01)
+    after = page.evaluate(f"() => Array.from({GD}.data[{ppo}].y)")
+    graph.screenshot(path=str(ARTIFACTS / "explorer_after.png"))
+    assert before[-1] == pytest.approx(1.2) and after[-1] == pytest.approx(1.0003)
+    assert page.evaluate(f"() => {GD}.layout.sliders[{sliders.index('eps_high')}].active") == 0
+    # SAPO's A < 0 curve follows tau_neg and nothing else
+    sapo_neg = _trace(page, "sapo", "y2")
+    sapo_before = page.evaluate(f"() => Array.from({GD}.data[{sapo_neg}].y)")
+    _slider_click(page, sliders.index("tau_neg"), 0.99)
+    sapo_after = page.evaluate(f"() => Array.from({GD}.data[{sapo_neg}].y)")
+    assert sapo_before != sapo_after
+    assert page.evaluate(f"() => Array.from({GD}.data[{ppo}].y)") == after
+    assert errors == []
