@@ -98,3 +98,21 @@ def compare(configs: dict[str, Config], seeds=(0, 1, 2), workers: int | None = N
 
 
 __all__ = ["History", "StoreError", "compare", "load_run", "run_key", "run_many", "save_run"]
+
+
+def cached_table(kind: str, payload: dict, compute, cache: bool = True) -> pd.DataFrame:
+    """A table computed by `compute()` and cached on disk like a run: keyed by `kind`, the JSON-able
+    `payload` that determines it (configs, seeds, sizes) and the package source. For measurements that
+    are not training runs (gradient statistics, probes)."""
+    key = key_of({"kind": kind, "payload": payload, "source": source_hash()})
+    path = cache_dir() / "tables" / f"{kind}-{key}.parquet"
+    if cache and path.exists():
+        try:
+            return pd.read_parquet(path)
+        except Exception as exc:  # a corrupt entry is reported, not silently recomputed
+            raise StoreError(f"the cached table {path} cannot be read: {type(exc).__name__}: {exc}. "
+                             f"Delete it, or pass cache=False.") from exc
+    table = compute()
+    if cache:
+        atomic_write(path, lambda tmp: table.to_parquet(tmp, index=False))
+    return table

@@ -194,6 +194,8 @@ def _collect(state: State, behav, rng: random.Random, gen: torch.Generator, vers
         t0 = time.perf_counter()
         resp, mask, behav_logp, lengths, truncated = sample(behav, prompt_ids, prompt_mask, cfg.T_max,
                                                             cfg.temperature, gen, tok.eos_token_id, tok.pad_token_id)
+        width = int(lengths.max())  # drop columns that are padding in every row: the update need not see them
+        resp, mask, behav_logp = resp[:, :width], mask[:, :width], behav_logp[:, :width]
         t1 = time.perf_counter()
         correct = score(task, tok, group_problems, resp, lengths, truncated).to(state.device)
         times["time/sample"] += t1 - t0
@@ -225,17 +227,22 @@ def _shaped_reward(correct: torch.Tensor, lengths: torch.Tensor, cfg: Config) ->
 
 
 def _concat(parts: list[Batch], pad_id: int) -> Batch:
-    """Stack groups into one batch, left-padding prompts to a common length."""
+    """Stack groups into one batch: prompts left-padded and responses right-padded to common lengths."""
     L = max(p.prompt_ids.shape[1] for p in parts)
+    T = max(p.resp_ids.shape[1] for p in parts)
 
-    def left(x, value):
-        return torch.nn.functional.pad(x, (L - x.shape[1], 0), value=value)
+    def pad(x, value, left=False):
+        missing = (L if left else T) - x.shape[1]
+        return torch.nn.functional.pad(x, (missing, 0) if left else (0, missing), value=value)
 
     return Batch(
-        prompt_ids=torch.cat([left(p.prompt_ids, pad_id) for p in parts]),
-        prompt_mask=torch.cat([left(p.prompt_mask, 0) for p in parts]),
+        prompt_ids=torch.cat([pad(p.prompt_ids, pad_id, left=True) for p in parts]),
+        prompt_mask=torch.cat([pad(p.prompt_mask, 0, left=True) for p in parts]),
+        resp_ids=torch.cat([pad(p.resp_ids, pad_id) for p in parts]),
+        mask=torch.cat([pad(p.mask, 0.0) for p in parts]),
+        behav_logp=torch.cat([pad(p.behav_logp, 0.0) for p in parts]),
         **{name: torch.cat([getattr(p, name) for p in parts])
-           for name in ("resp_ids", "mask", "behav_logp", "lengths", "truncated", "version", "reward", "correct")},
+           for name in ("lengths", "truncated", "version", "reward", "correct")},
     )
 
 
@@ -306,6 +313,39 @@ def gradient_stats(state: State, seed: int) -> dict:
     return dg.grad_moments(torch.stack(grads))
 
 
+def fit_critic(state: State, steps: int, seed: int) -> float:
+    """Train only the critic, at the current (fixed) policy, on `steps` fresh batches; returns the last
+    explained variance. Gives a baseline to measure, not a training run. Book: ch. 2."""
+    cfg = state.cfg
+    rng, gen = random.Random(seed), torch.Generator(device=state.device).manual_seed(seed)
+    samples_before = state.samples
+    explained = float("nan")
+    for _ in range(steps):
+        b, _, _ = _collect(state, state.policy, rng, gen, version=0)
+        with torch.no_grad():
+            b.values = state.critic(b.prompt_ids, b.prompt_mask, b.resp_ids)
+            _, b.value_target = get_advantage(cfg.adv)(b, cfg)
+        mask = b.mask if b.values.dim() == 2 else torch.ones_like(b.reward)
+        values = b.values if b.values.dim() == 2 else torch.sigmoid(b.values)
+        explained = dg.explained_variance(values, b.value_target, mask)
+        _critic_update(state, b)
+    state.samples = samples_before
+    return explained
+
+
+def measure_gradients(cfg: Config, seed: int = 0, critic_steps: int = 0, device: str | None = None) -> dict:
+    """Gradient variance and SNR of `cfg`'s loss and advantage at the warm-start policy (no training).
+
+    The policy is fixed; cfg.grad_stats_k independent batches of P·G samples give the statistics (see
+    `gradient_stats`). With a critic-based advantage, the critic is first fitted for `critic_steps`
+    batches at the same fixed policy. Returns the grad/* metrics plus value/explained_var. Book: ch. 2.
+    """
+    cfg = resolve(sized(cfg))
+    state = _setup(cfg, pick_device(device))
+    explained = fit_critic(state, critic_steps, seed + 1) if state.critic is not None and critic_steps else float("nan")
+    return gradient_stats(state, seed) | {"value/explained_var": explained}
+
+
 def _memory(state: State) -> dict:
     if state.device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(state.device) / 2**20
@@ -324,7 +364,8 @@ def _memory(state: State) -> dict:
 
 def _setup(cfg: Config, device: torch.device) -> State:
     policy, tokenizer, warm = make_policy(cfg, device)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # foreach: one grouped kernel per Adam operation instead of one per parameter tensor (tiny models)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     state = State(cfg=cfg, device=device, task=make_task(cfg.task, cfg.difficulty), tokenizer=tokenizer,
                   policy=policy, opt=opt, warm=warm, rng=random.Random(cfg.seed),
                   gen=torch.Generator(device=device).manual_seed(cfg.seed),
@@ -332,7 +373,8 @@ def _setup(cfg: Config, device: torch.device) -> State:
     kind = CRITIC_KIND.get(cfg.adv)
     if kind is not None:
         state.critic = make_critic(policy, kind)
-        state.opt_critic = torch.optim.AdamW(state.critic.parameters(), lr=cfg.critic_lr, weight_decay=0.0)
+        state.opt_critic = torch.optim.AdamW(state.critic.parameters(), lr=cfg.critic_lr, weight_decay=0.0,
+                                             foreach=True)
     if cfg.beta > 0:
         state.ref = copy.deepcopy(policy).requires_grad_(False)
     if cfg.staleness > 0:

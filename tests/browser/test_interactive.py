@@ -50,3 +50,34 @@ def test_explorer_slider_moves_the_curve(open_page):
     assert sapo_before != sapo_after
     assert page.evaluate(f"() => Array.from({GD}.data[{ppo}].y)") == after
     assert errors == []
+
+
+def _pages_with_sweeps() -> list[str]:
+    from conftest import ROOT
+
+    return [p for p in toc_pages() if (ROOT / f"{p}.ipynb").exists() and "sweep_figure(" in (ROOT / f"{p}.ipynb").read_text()]
+
+
+@pytest.mark.parametrize("path", _pages_with_sweeps())
+def test_sweep_sliders_switch_between_real_runs(open_page, path):
+    page, errors = open_page(f"{path}.html")
+    figures = page.evaluate("""() => Array.from(document.querySelectorAll('.plotly-graph-div'))
+        .map((gd, i) => [i, gd.layout.meta && gd.layout.meta.xxpo_sweep]).filter(x => x[1])""")
+    assert figures, f"{path}: no sweep figure on the page"
+    for index, param in figures:
+        gd = f"document.querySelectorAll('.plotly-graph-div')[{index}]"
+        visible_before = page.evaluate(f"() => {gd}.data.map(t => t.visible)")
+        title_before = page.evaluate(f"() => {gd}.layout.title.text")
+        rail = page.query_selector_all(".plotly-graph-div")[index].query_selector(".slider-rail-rect")
+        rail.scroll_into_view_if_needed()
+        box = rail.bounding_box()
+        page.mouse.click(box["x"] + box["width"] * 0.99, box["y"] + box["height"] / 2)
+        page.wait_for_timeout(400)
+        visible_after = page.evaluate(f"() => {gd}.data.map(t => t.visible)")
+        title_after = page.evaluate(f"() => {gd}.layout.title.text")
+        assert visible_after != visible_before and sum(map(bool, visible_after)) > 0, f"{path}: {param} slider"
+        assert title_after != title_before and param in title_after
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.query_selector_all(".plotly-graph-div")[figures[-1][0]].screenshot(
+        path=str(ARTIFACTS / f"sweep_{path.split('/')[-1]}.png"))
+    assert errors == []
