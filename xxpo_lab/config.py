@@ -39,6 +39,8 @@ class Config:
     """Supervised warm start stops at the first check where sampled accuracy reaches this value (RL then has signal)."""
     warm_start_max_steps: int = 3000
     """Upper bound on supervised steps; the warm start fails loudly if the target accuracy is not reached."""
+    warm_start_min_steps: int = 0
+    """Supervised steps taken at least, even once the target accuracy is reached (lets slower-forming habits settle)."""
     warm_start_lr: float = 1e-3
     """AdamW learning rate of the supervised warm start."""
     init_seed: int = 0
@@ -226,11 +228,13 @@ def _validate(cfg: Config) -> None:
         value = getattr(cfg, name)
         if value is not None and not value > 0:
             _fail(name, value, "must be > 0 (or None for the loss's default)")
-    nonneg = ("warmup_steps", "staleness", "demo_filler", "demo_wrong_filler", "overlong_buffer", "grad_stats_every", "beta",
+    nonneg = ("warm_start_min_steps", "warmup_steps", "staleness", "demo_filler", "demo_wrong_filler", "overlong_buffer", "grad_stats_every", "beta",
               "weight_decay", "overlong_penalty")
     for name in nonneg:
         if getattr(cfg, name) < 0:
             _fail(name, getattr(cfg, name), "must be >= 0")
+    if cfg.warm_start_min_steps > cfg.warm_start_max_steps:
+        _fail("warm_start_min_steps", cfg.warm_start_min_steps, f"must be <= warm_start_max_steps = {cfg.warm_start_max_steps}")
     if cfg.n_embd % cfg.n_head:
         _fail("n_embd", cfg.n_embd, f"must be a multiple of n_head = {cfg.n_head}")
     if not 0 < cfg.warm_start_acc <= 1:

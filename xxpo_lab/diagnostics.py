@@ -26,6 +26,7 @@ GLOSSARY = {
     "len/truncated_frac": "Share of responses without EOS within T_max (they score 0).",
     "adv/zero_std_frac": "Share of groups whose rewards are all equal: their group advantages are 0 (TRL's frac_reward_zero_std).",
     "adv/abs_mean": "Mean |A| over valid tokens: how much push the step carries.",
+    "groups/correct": "Share of the step's groups with exactly j correct responses, one column per j (groups/correct@j).",
     "data/kept_frac": "Dynamic sampling: share of sampled groups kept (groups with mixed rewards).",
     "clip/active_frac": "Share of tokens whose gradient the clip zeroed: (A>0, r>1+eps_high) or (A<0, r<1-eps_low). "
                         "verl's pg_clipfrac, TRL's clip_ratio/region_mean. For losses without a clip (pg): the share PPO's clip would zero.",
@@ -88,7 +89,9 @@ def rollout_metrics(b: Batch, G: int) -> dict[str, float]:
     lengths, correct = b.lengths.float(), b.correct.float()
     n_ok, n_bad = correct.sum(), (1 - correct).sum()
     groups = b.reward.view(-1, G)
-    return {
+    n_correct = b.correct.view(-1, G).sum(-1)  # [P] correct responses per group
+    counts = {f"groups/correct@{j}": (n_correct == j).float().mean().item() for j in range(G + 1)}
+    return counts | {
         "reward/mean": b.reward.mean().item(),
         "reward/correct_frac": correct.mean().item(),
         "len/mean": lengths.mean().item(),

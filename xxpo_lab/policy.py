@@ -106,7 +106,7 @@ def accuracy(model, tokenizer, task: Task, problems: list[Problem], cfg, gen: to
 # warm start
 
 WARM_FIELDS = ("task", "difficulty", "n_layer", "n_head", "n_embd", "model_name", "warm_start_acc",
-               "warm_start_max_steps", "warm_start_lr", "init_seed", "demo_filler", "demo_wrong_frac",
+               "warm_start_max_steps", "warm_start_min_steps", "warm_start_lr", "init_seed", "demo_filler", "demo_wrong_frac",
                "demo_wrong_filler", "T_max", "temperature")
 WARM_BATCH, WARM_CHECK_EVERY, WARM_CHECK_PROMPTS = 128, 10, 256
 
@@ -143,7 +143,8 @@ def warm_start(model, tokenizer, cfg, device) -> dict:
 
     Demonstrations are the reference answer plus 0..demo_filler dots; a fraction demo_wrong_frac
     carries a wrong answer and 0..demo_wrong_filler dots instead (chapter 3). Accuracy is checked every
-    WARM_CHECK_EVERY steps on fixed training prompts; the first check at or above the target stops.
+    WARM_CHECK_EVERY steps on fixed training prompts; the first check at or above the target, after at least
+    warm_start_min_steps steps, stops.
     """
     task = make_task(cfg.task, cfg.difficulty)
     rng = random.Random(cfg.init_seed)
@@ -153,7 +154,7 @@ def warm_start(model, tokenizer, cfg, device) -> dict:
     start = time.perf_counter()
     acc = accuracy(model, tokenizer, task, check_set, cfg, gen, device)["accuracy"]
     step = 0
-    while acc < cfg.warm_start_acc:
+    while acc < cfg.warm_start_acc or step < cfg.warm_start_min_steps:
         if step >= cfg.warm_start_max_steps:
             raise RuntimeError(
                 f"warm start of {cfg.task} (difficulty {cfg.difficulty}) reached accuracy {acc:.3f} < warm_start_acc = "

@@ -16,13 +16,14 @@ Book: ch. 3.
 from __future__ import annotations
 
 import math
+import random
 
 import pandas as pd
 import torch
 from torch import Tensor
 
-from xxpo_lab.policy import encode_prompts, token_logp
-from xxpo_lab.rollout import decode, sample
+from xxpo_lab.policy import encode_prompts
+from xxpo_lab.rollout import decode, positions, sample
 from xxpo_lab.tasks import FILLER, Problem, Task, parse_response
 
 # -------------------------------------------------------------------------------------------------
@@ -70,94 +71,110 @@ def dot_probs(model, tokenizer, problems: list[Problem], answers: list[str], T_m
     """π('.') and π(EOS) after prompt + answer + k dots, for k = 0 .. T_max - |a| - 1, in one forward pass.
 
     The response is teacher-forced as answer + dots up to T_max tokens: N ≥ k needs exactly that
-    prefix, so one pass gives every factor of E[N]. Logits are divided by the sampling temperature,
-    as the sampler does.
-    Args: problems, answers (lists of N). Returns: (p_dot, p_eos), both [N, T_max], 0 beyond the budget.
+    prefix, so one pass gives every factor of E[N]. As in `policy.token_logp`, the logits at position
+    L-1+t predict response token t (the shift by one), divided by the sampling temperature.
+    Args: problems, answers (lists of N; answers of 1 .. T_max-1 tokens).
+    Returns: (p_dot, p_eos), both [N, T_max] on the CPU, indexed by k, 0 beyond the budget T_max - |a|.
     """
+    device = next(model.parameters()).device
     dot_id, eos_id = tokenizer.convert_tokens_to_ids(FILLER), tokenizer.eos_token_id
     rows = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
-    n_ans = torch.tensor([len(r) for r in rows])  # [N]
-    assert (n_ans >= 1).all() and (n_ans < T_max).all(), "answers need 1 .. T_max - 1 tokens"
-    resp = torch.tensor([r + [dot_id] * (T_max - len(r)) for r in rows])  # [N, T_max]
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, problems, resp.device)
-    device = next(model.parameters()).device
-    prompt_ids, prompt_mask, resp = prompt_ids.to(device), prompt_mask.to(device), resp.to(device)
+    n_ans = torch.tensor([len(r) for r in rows], device=device)  # [N]
+    assert ((n_ans >= 1) & (n_ans < T_max)).all(), "answers need 1 .. T_max - 1 tokens"
+    resp = torch.tensor([r + [dot_id] * (T_max - len(r)) for r in rows], device=device)  # [N, T]
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, problems, device)
     L = prompt_ids.shape[1]
     x = torch.cat([prompt_ids, resp], dim=1)  # [N, L+T]
     attn = torch.cat([prompt_mask, torch.ones_like(resp)], dim=1)
-    from xxpo_lab.rollout import positions
     logits = model(input_ids=x, attention_mask=attn, position_ids=positions(attn)).logits[:, L - 1:-1]  # [N, T, V]
     probs = torch.softmax(logits.float() / temperature, dim=-1)
-    # response position t predicts the token after answer + (t - |a|) dots
-    k = torch.arange(T_max)  # [T]
-    idx = (n_ans[:, None] + k[None, :]).clamp(max=T_max - 1).to(device)  # [N, T]
-    inside = (n_ans[:, None] + k[None, :] < T_max).to(device)  # [N, T]: within the budget
-    p_dot = probs[..., dot_id].gather(1, idx) * inside
-    p_eos = probs[..., eos_id].gather(1, idx) * inside
+    t = n_ans[:, None] + torch.arange(T_max, device=device)[None, :]  # [N, T]: response position of decision k
+    inside = t < T_max  # within the budget
+    t = t.clamp(max=T_max - 1)
+    p_dot = probs[..., dot_id].gather(1, t) * inside
+    p_eos = probs[..., eos_id].gather(1, t) * inside
     return p_dot.cpu(), p_eos.cpu()
 
 
 def filler_probe(model, tokenizer, task: Task, problems: list[Problem], T_max: int, temperature: float,
-                 rng) -> dict[str, float]:
-    """Teacher-forced E[dots | x, correct answer] and E[dots | x, Task.wrong_answer] on fixed prompts.
+                 rng: random.Random) -> dict[str, float]:
+    """Teacher-forced E[N | x, reference answer] and E[N | x, `Task.wrong_answer`] on fixed prompts.
 
-    The wrong answers are drawn with `rng` (a `random.Random`), one per prompt, the kind of error the
-    warm start's wrong demonstrations carry. Returns means over prompts: 'correct', 'wrong', 'gap'
-    (wrong - correct) and its standard error 'gap_se' (paired on prompts), and the EOS probabilities.
+    One wrong answer per prompt, drawn with `rng`: the kind of error a warm start's wrong
+    demonstrations carry (`Config.demo_wrong_frac`). Returns means over prompts: 'correct', 'wrong',
+    'gap' (wrong - correct), its standard error 'gap_se' (paired on prompts), and 'eos_correct',
+    'eos_wrong' (probability that the dots end with EOS rather than a stray token).
     """
     wrong = [task.wrong_answer(p, rng) for p in problems]
     pd_c, pe_c = dot_probs(model, tokenizer, problems, [p.solution for p in problems], T_max, temperature)
     pd_w, pe_w = dot_probs(model, tokenizer, problems, wrong, T_max, temperature)
-    c, w = expected_filler(pd_c), expected_filler(pd_w)
-    diff = w - c
-    return {"correct": c.mean().item(), "wrong": w.mean().item(), "gap": diff.mean().item(),
-            "gap_se": (diff.std() / math.sqrt(len(diff))).item(),
-            "eos_correct": eos_after_filler(pd_c, pe_c).mean().item(),
-            "eos_wrong": eos_after_filler(pd_w, pe_w).mean().item()}
+    c, w = expected_filler(pd_c), expected_filler(pd_w)  # [N] each
+    return {"correct": c.mean().item(), "wrong": w.mean().item()} | _paired(c, w) | {
+        "eos_correct": eos_after_filler(pd_c, pe_c).mean().item(),
+        "eos_wrong": eos_after_filler(pd_w, pe_w).mean().item()}
 
 
 @torch.no_grad()
 def paired_probe(model, tokenizer, task: Task, problems: list[Problem], G: int, T_max: int, temperature: float,
                  gen: torch.Generator) -> dict[str, float]:
-    """On-policy conditional filler: E[dots | x, own wrong answer] vs E[dots | x, correct answer].
+    """On-policy conditional filler: E[N | x, own wrong answer] vs E[N | x, own correct answer].
 
-    Samples G responses per prompt. A prompt counts when its samples hold at least one correct and
-    one wrong (well-formed) answer; for it, c = E[N | x, solution] and w = the mean of E[N | x, a]
-    over its wrong samples (weighted by how often each was sampled). Means over those prompts, and the
-    standard error of the paired gap w - c: prompt composition cancels. Returns a dict of floats
-    (also the share of prompts used and of wrong samples that were malformed or truncated, not a
-    wrong answer).
+    Samples G responses per prompt (as training does) and keeps each well-formed answer (the text
+    before the trailing dots). A prompt counts when it has at least one correct and one wrong answer;
+    for it, c and w are the means of E[N | x, a] over its correct and its wrong samples (so answers
+    the model samples often weigh more, as in the policy gradient). Prompt composition cancels in the
+    paired gap w - c. Returns means over the prompts used: 'correct', 'wrong', 'gap', 'gap_se', plus
+    'prompts_used' (share of prompts) and 'other_wrong_frac' (share of wrong samples that were
+    malformed, not a wrong answer; they have no answer to condition on).
     """
-    group = [p for p in problems for _ in range(G)]
     device = next(model.parameters()).device
+    group = [p for p in problems for _ in range(G)]
     prompt_ids, prompt_mask = encode_prompts(tokenizer, group, device)
     resp, _, _, lengths, truncated = sample(model, prompt_ids, prompt_mask, T_max, temperature, gen,
                                             tokenizer.eos_token_id, tokenizer.pad_token_id)
     texts = decode(tokenizer, resp.cpu(), lengths.cpu(), truncated.cpu())
-    pairs, n_wrong, n_other = [], 0, 0  # (prompt index, wrong answer)
+    pairs, n_wrong, n_other = [], 0, 0  # pairs: (prompt index, answer, is correct)
     for i, p in enumerate(problems):
-        answers = [parse_response(t) for t in texts[i * G:(i + 1) * G]]
-        good = [a[0] for a in answers if a is not None and task.check(p, a[0])]
-        bad = [a[0] for a in answers if a is not None and not task.check(p, a[0]) and len(a[0]) < T_max]
-        n_wrong += G - len(good)
-        n_other += G - len(good) - len(bad)
-        if good and bad:
-            pairs += [(i, a) for a in bad]
+        parsed = [parse_response(t) for t in texts[i * G:(i + 1) * G]]
+        answers = [a for a, _ in filter(None, parsed)
+                   if len(tokenizer(a, add_special_tokens=False)["input_ids"]) < T_max]
+        ok = [task.check(p, a) for a in answers]
+        n_wrong += G - sum(ok)
+        n_other += G - len(answers)
+        if any(ok) and not all(ok):
+            pairs += [(i, a, k) for a, k in zip(answers, ok)]
+    out = {"prompts_used": len({i for i, _, _ in pairs}) / len(problems),
+           "other_wrong_frac": n_other / max(n_wrong, 1)}
     if not pairs:
-        return {"prompts_used": 0.0, "correct": float("nan"), "wrong": float("nan"), "gap": float("nan"),
-                "gap_se": float("nan"), "other_wrong_frac": n_other / max(n_wrong, 1)}
-    used = sorted({i for i, _ in pairs})
-    pd_c, _ = dot_probs(model, tokenizer, [problems[i] for i in used], [problems[i].solution for i in used], T_max,
-                        temperature)
-    pd_w, _ = dot_probs(model, tokenizer, [problems[i] for i, _ in pairs], [a for _, a in pairs], T_max, temperature)
-    c = dict(zip(used, expected_filler(pd_c).tolist()))
-    w = pd.Series(expected_filler(pd_w).tolist(), index=[i for i, _ in pairs]).groupby(level=0).mean()
-    cs = torch.tensor([c[i] for i in w.index])
-    ws = torch.tensor(w.values)
-    diff = ws - cs
+        return out | {"correct": float("nan"), "wrong": float("nan"), "gap": float("nan"), "gap_se": float("nan")}
+    p_dot, _ = dot_probs(model, tokenizer, [problems[i] for i, _, _ in pairs], [a for _, a, _ in pairs], T_max,
+                         temperature)
+    table = pd.DataFrame({"prompt": [i for i, _, _ in pairs], "ok": [k for _, _, k in pairs],
+                          "fill": expected_filler(p_dot).tolist()})
+    means = table.groupby(["prompt", "ok"])["fill"].mean().unstack()  # [prompts used, (wrong, correct)]
+    c, w = torch.tensor(means[True].values), torch.tensor(means[False].values)
+    return out | {"correct": c.mean().item(), "wrong": w.mean().item()} | _paired(c, w)
+
+
+def conditional_length(model, tokenizer, task: Task, cfg, n_prompts: int = 200, G: int = 8) -> dict[str, float]:
+    """Both probes on the held-out prompts, with their own seeded randomness (training's is untouched).
+
+    The one call a chapter (or a training hook) needs: `probe/tf_*` from `filler_probe` on
+    `task.eval_set(n_prompts)`, `probe/own_*` from `paired_probe` on its first half with G samples each.
+    Deterministic given the policy and cfg.seed. Returns a flat dict of floats.
+    """
+    problems = task.eval_set(n_prompts)
+    tf = filler_probe(model, tokenizer, task, problems, cfg.T_max, cfg.temperature, random.Random(cfg.seed + 17))
+    own = paired_probe(model, tokenizer, task, problems[:max(1, n_prompts // 2)], G, cfg.T_max, cfg.temperature,
+                       torch.Generator(device=next(model.parameters()).device).manual_seed(cfg.seed + 17))
+    return {f"probe/tf_{k}": v for k, v in tf.items()} | {f"probe/own_{k}": v for k, v in own.items()}
+
+
+def _paired(c: Tensor, w: Tensor) -> dict[str, float]:
+    """Mean and standard error of the paired difference w - c."""
+    diff = (w - c).double()
     se = (diff.std() / math.sqrt(len(diff))).item() if len(diff) > 1 else float("nan")
-    return {"prompts_used": len(used) / len(problems), "correct": cs.mean().item(), "wrong": ws.mean().item(),
-            "gap": diff.mean().item(), "gap_se": se, "other_wrong_frac": n_other / max(n_wrong, 1)}
+    return {"gap": diff.mean().item(), "gap_se": se}
 
 
 # -------------------------------------------------------------------------------------------------
@@ -168,19 +185,18 @@ def windowed_lengths(hist: pd.DataFrame, edges: list[int], batch_size: int) -> p
     """Accuracy and mean length of correct / incorrect responses per window of steps, sample-weighted.
 
     A window [a, b) pools its steps' responses: L_c = Σ_s n_c(s)·len_c(s) / Σ_s n_c(s), likewise L_w,
-    with n_c(s) = reward/correct_frac(s)·B. Steps with no correct (or no wrong) sample add nothing.
-    The gap L_w - L_c mixes the conditional effect with composition; read it next to the probes.
+    with n_c(s) = reward/correct_frac(s)·B. The gap L_w - L_c mixes the conditional effect with
+    composition (which prompts happen to be answered right); read it next to the probes.
     Args: hist from `train`; edges, e.g. [0, 20, 100, 200]; batch_size B = P·G. Returns one row per window.
     """
-    h = hist[hist["step"] < hist["step"].max()] if "len/mean" not in hist.iloc[-1] or pd.isna(
-        hist.iloc[-1].get("len/mean")) else hist
+    h = hist[hist["reward/correct_frac"].notna()]  # the last row holds only the final evaluation
     out = []
     for a, b in zip(edges[:-1], edges[1:]):
         w = h[(h["step"] >= a) & (h["step"] < b)]
         n_c = w["reward/correct_frac"] * batch_size
         n_w = batch_size - n_c
-        l_c = (n_c * w["len/correct_mean"].fillna(0)).sum() / n_c.sum()
-        l_w = (n_w * w["len/incorrect_mean"].fillna(0)).sum() / n_w.sum()
+        l_c = (n_c * w["len/correct_mean"].fillna(0.0)).sum() / n_c.sum()
+        l_w = (n_w * w["len/incorrect_mean"].fillna(0.0)).sum() / n_w.sum()
         out.append({"window": f"{a}-{b - 1}", "accuracy": w["reward/correct_frac"].mean(), "len_correct": l_c,
                     "len_incorrect": l_w, "gap": l_w - l_c})
     return pd.DataFrame(out)

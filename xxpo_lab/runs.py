@@ -17,7 +17,16 @@ import pandas as pd
 
 from xxpo_lab.config import Config, resolve, sized, to_dict
 from xxpo_lab.policy import WARM_FIELDS, make_policy, pick_device
-from xxpo_lab.store import StoreError, atomic_write, cache_dir, key_of, source_hash
+from xxpo_lab.store import (
+    StoreError,
+    atomic_write,
+    cache_dir,
+    check_meta,
+    key_of,
+    load_torch,
+    save_torch,
+    source_hash,
+)
 
 History = pd.DataFrame
 
@@ -32,10 +41,27 @@ def _paths(key: str) -> tuple[Path, Path]:
     return root / f"{key}.parquet", root / f"{key}.json"
 
 
-def save_run(key: str, hist: History) -> None:
+def save_run(key: str, hist: History, policy_state: dict | None = None) -> None:
+    """Store a finished run: its table, its attrs and (optionally) the final policy weights."""
     table, meta = _paths(key)
+    if policy_state is not None:
+        save_torch({"meta": {"key": key}, "policy": policy_state}, table.with_suffix(".pt"))
     atomic_write(table, lambda tmp: hist.to_parquet(tmp, index=False))
     atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps(hist.attrs, default=str)))
+
+
+def load_policy(hist: History, device=None):
+    """The final policy of a cached run and its tokenizer, e.g. to probe what RL changed. Book: ch. 3."""
+    from xxpo_lab.config import from_dict
+
+    path = _paths(hist.attrs["key"])[0].with_suffix(".pt")
+    if not path.exists():
+        raise StoreError(f"no final policy stored for run {hist.attrs['key']} ({path}): train it with cache=True")
+    saved = load_torch(path, "final policy")
+    check_meta(saved.get("meta", {}), {"key": hist.attrs["key"]}, path, "final policy")
+    model, tokenizer, _ = make_policy(from_dict(hist.attrs["config"]), device)
+    model.load_state_dict(saved["policy"])
+    return model, tokenizer
 
 
 def load_run(key: str) -> History | None:
@@ -97,7 +123,8 @@ def compare(configs: dict[str, Config], seeds=(0, 1, 2), workers: int | None = N
     return out
 
 
-__all__ = ["History", "StoreError", "compare", "load_run", "run_key", "run_many", "save_run"]
+__all__ = ["History", "StoreError", "cached_table", "compare", "load_policy", "load_run", "run_key", "run_many",
+           "save_run"]
 
 
 def cached_table(kind: str, payload: dict, compute, cache: bool = True) -> pd.DataFrame:

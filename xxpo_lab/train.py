@@ -107,7 +107,7 @@ def train(cfg: Config, *, progress: bool = True, cache: bool = True, device: str
         state.rows.append({"step": cfg.steps, "samples": state.samples} | _evaluate(state, cfg.steps))
     hist = _history(state, key)
     if cache:
-        save_run(key, hist)
+        save_run(key, hist, {k: v.detach().cpu() for k, v in state.policy.state_dict().items()})
     return hist
 
 

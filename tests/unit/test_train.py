@@ -159,3 +159,33 @@ def test_every_loss_changes_the_parameters_and_raises_reward(name):
     assert any(not torch.equal(before[k], after[k]) for k in before)
     acc = hist["eval/accuracy"].dropna().values
     assert acc[-1] > acc[0] + 0.05, f"{name}: held-out accuracy {acc[0]:.3f} -> {acc[-1]:.3f}"
+
+
+def test_the_final_policy_is_stored_with_the_run(tiny, tmp_path, monkeypatch):
+    from xxpo_lab.runs import load_policy
+
+    monkeypatch.setenv("XXPO_CACHE", str(tmp_path))
+    captured = {}
+    real_setup = train_module._setup
+
+    def keep_state(*args):
+        captured["state"] = real_setup(*args)
+        return captured["state"]
+
+    monkeypatch.setattr(train_module, "_setup", keep_state)
+    hist = train(tiny, progress=False)
+    model, tokenizer = load_policy(hist)
+    trained = captured["state"].policy.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
+    assert tokenizer.eos_token_id == captured["state"].tokenizer.eos_token_id
+    with pytest.raises(StoreError, match="train it with cache=True"):
+        load_policy(train(replace(tiny, seed=5), progress=False, cache=False))
+
+
+def test_pass_rate_counts_and_warm_start_min_steps(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("XXPO_CACHE", str(tmp_path))
+    hist = train(replace(tiny, warm_start_min_steps=60), progress=False).iloc[:-1]
+    counts = hist[[f"groups/correct@{j}" for j in range(tiny.G + 1)]]
+    assert (counts.sum(axis=1) - 1).abs().max() < 1e-6
+    assert (hist["adv/zero_std_frac"] - counts.iloc[:, [0, -1]].sum(axis=1)).abs().max() < 1e-6
+    assert hist.attrs["warm_start"]["steps"] >= 60
