@@ -51,6 +51,8 @@ class Config:
     """Fraction of demonstrations whose answer is deliberately wrong (chapter 3 uses it to teach the policy to 'know' it erred)."""
     demo_wrong_filler: int = 0
     """Wrong demonstrations end with 0..demo_wrong_filler dots (instead of 0..demo_filler)."""
+    reward_offset: float = 0.0
+    """Added to every reward (wrong: offset, right: 1 + offset). Group baselines cancel it; no baseline does not (ch. 2)."""
     # ---------------------------------------------------------------- sampling
     P: int = 16
     """Prompts per training step."""
@@ -257,6 +259,10 @@ def _validate(cfg: Config) -> None:
     adv = cfg.adv if cfg.adv is not None else LOSSES[cfg.loss].defaults.get("adv", GLOBAL_DEFAULTS["adv"])
     if adv in GROUP_ADVANTAGES and cfg.G < 2:
         _fail("G", cfg.G, f"must be >= 2 with the group baseline adv = {adv!r} (use adv='none', 'gae' or 'sppo' for G = 1)")
+    if cfg.grad_stats_k < 3:
+        _fail("grad_stats_k", cfg.grad_stats_k, "must be >= 3 (a variance and its jackknife need 3 batches)")
+    if adv == "sppo" and cfg.reward_offset != 0:
+        _fail("reward_offset", cfg.reward_offset, "must be 0 with adv='sppo' (its critic predicts a success probability)")
     if cfg.dynamic_sampling and cfg.G < 2:
         _fail("dynamic_sampling", True, "needs G >= 2 (it drops groups whose rewards are all equal)")
     task = make_task(cfg.task, cfg.difficulty)

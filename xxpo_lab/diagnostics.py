@@ -58,7 +58,8 @@ GLOSSARY = {
     "grad/norm": "Policy gradient norm before clipping (mean over updates).",
     "grad/mean_norm": "Gradient statistics: norm of the mean gradient ‖ḡ‖ over grad_stats_k fresh batches at fixed parameters.",
     "grad/var": "Gradient statistics: total variance (1/(K-1)) Σ‖g_k - ḡ‖² of the per-batch gradient.",
-    "grad/snr": "Gradient statistics: signal-to-noise ratio ‖ḡ‖² / grad/var.",
+    "grad/snr": "Gradient statistics: signal-to-noise ratio ‖E g‖² / grad/var, debiased: (‖ḡ‖² - grad/var/K) / grad/var.",
+    "grad/snr_se": "Gradient statistics: standard error of grad/snr (jackknife over the K batches).",
     "time/sample": "Seconds spent sampling the step's responses (and re-sampling for dynamic sampling).",
     "time/score": "Seconds spent decoding and verifying responses.",
     "time/prox": "Seconds spent on the extra forward pass for π_prox (decoupled PPO only; A-3PO has none).",
@@ -142,16 +143,28 @@ def update_metrics(info: dict, logp: Tensor, b: Batch, entropy: Tensor) -> dict[
 
 
 def grad_moments(grads: Tensor) -> dict[str, float]:
-    """Mean-gradient norm, total variance and SNR of K gradient estimates at fixed parameters.
+    """Mean-gradient norm, total variance and SNR (with a standard error) of K gradients at fixed parameters.
 
-    grads [K, D]: flattened gradients of K independent batches. var = (1/(K-1)) Σ‖g_k - ḡ‖² (the trace
-    of the covariance of one batch's gradient), snr = ‖ḡ‖² / var. Book: ch. 2.
+    grads [K, D]: flattened gradients of K independent batches. var = (1/(K-1)) Σ‖g_k - ḡ‖² (the trace of
+    the covariance of one batch's gradient). ‖ḡ‖² overestimates ‖E g‖² by var/K, so the SNR is
+    debiased: snr = (‖ḡ‖² - var/K) / var, an estimate of ‖E g‖² / var. Its standard error is the
+    jackknife over the K batches. Only the SNR compares estimators whose advantages have different
+    units (z-scored vs mean-centred). Book: ch. 2.
     """
-    assert grads.dim() == 2 and grads.shape[0] >= 2, grads.shape
-    mean = grads.mean(0)
-    var = ((grads - mean) ** 2).sum(-1).sum() / (grads.shape[0] - 1)
-    return {"grad/mean_norm": mean.norm().item(), "grad/var": var.item(),
-            "grad/snr": (mean.pow(2).sum() / var.clamp(min=1e-30)).item()}
+    assert grads.dim() == 2 and grads.shape[0] >= 3, grads.shape
+    K = grads.shape[0]
+
+    def snr(g: Tensor) -> Tensor:
+        k = g.shape[0]
+        mean = g.mean(0)
+        var = ((g - mean) ** 2).sum() / (k - 1)
+        return (mean.pow(2).sum() - var / k) / var.clamp(min=1e-30), mean, var
+
+    value, mean, var = snr(grads)
+    leave_one_out = torch.stack([snr(torch.cat([grads[:i], grads[i + 1:]]))[0] for i in range(K)])
+    se = ((K - 1) / K * ((leave_one_out - leave_one_out.mean()) ** 2).sum()).sqrt()
+    return {"grad/mean_norm": mean.norm().item(), "grad/var": var.item(), "grad/snr": value.item(),
+            "grad/snr_se": se.item()}
 
 
 def explained_variance(values: Tensor, targets: Tensor, mask: Tensor) -> float:

@@ -50,16 +50,22 @@ def save_run(key: str, hist: History, policy_state: dict | None = None) -> None:
     atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps(hist.attrs, default=str)))
 
 
-def load_policy(hist: History, device=None):
-    """The final policy of a cached run and its tokenizer, e.g. to probe what RL changed. Book: ch. 3."""
+def load_policy(run, device=None):
+    """The final policy of a cached run and its tokenizer, e.g. to probe what RL changed. Book: ch. 3.
+
+    run: a History (uses its attrs) or a run key (the 'key' column of `compare`'s table).
+    """
     from xxpo_lab.config import from_dict
 
-    path = _paths(hist.attrs["key"])[0].with_suffix(".pt")
-    if not path.exists():
-        raise StoreError(f"no final policy stored for run {hist.attrs['key']} ({path}): train it with cache=True")
+    key = run if isinstance(run, str) else run.attrs["key"]
+    table, meta = _paths(key)
+    path = table.with_suffix(".pt")
+    if not path.exists() or not meta.exists():
+        raise StoreError(f"no final policy stored for run {key} ({path}): train it with cache=True")
     saved = load_torch(path, "final policy")
-    check_meta(saved.get("meta", {}), {"key": hist.attrs["key"]}, path, "final policy")
-    model, tokenizer, _ = make_policy(from_dict(hist.attrs["config"]), device)
+    check_meta(saved.get("meta", {}), {"key": key}, path, "final policy")
+    attrs = json.loads(meta.read_text())
+    model, tokenizer, _ = make_policy(from_dict(attrs["config"]), device)
     model.load_state_dict(saved["policy"])
     return model, tokenizer
 
@@ -114,10 +120,11 @@ def run_many(cfgs: list[Config], workers: int | None = None, progress: bool = Tr
 
 def compare(configs: dict[str, Config], seeds=(0, 1, 2), workers: int | None = None,
             progress: bool = True) -> pd.DataFrame:
-    """Run each labelled config on each seed; one long table with columns 'run' and 'seed' added."""
+    """Run each labelled config on each seed; one long table with columns 'run', 'seed' and 'key' (the run's
+    cache key, for `load_policy`) added."""
     jobs = [(label, seed, replace(cfg, seed=seed)) for label, cfg in configs.items() for seed in seeds]
     hists = run_many([cfg for _, _, cfg in jobs], workers=workers, progress=progress)
-    parts = [h.assign(run=label, seed=seed) for (label, seed, _), h in zip(jobs, hists)]
+    parts = [h.assign(run=label, seed=seed, key=h.attrs["key"]) for (label, seed, _), h in zip(jobs, hists)]
     out = pd.concat(parts, ignore_index=True)
     out.attrs = {"configs": {label: to_dict(resolve(sized(cfg))) for label, cfg in configs.items()}}
     return out

@@ -17,8 +17,10 @@ import torch
 
 import xxpo_lab
 
-PRESENTATION_MODULES = {"plots.py", "interactive.py", "explorer.py", "widgets.py", "cli.py", "__main__.py", "family.py"}
-"""Modules that cannot change a run's numbers; editing them keeps cached runs valid."""
+PRESENTATION_MODULES = {"plots.py", "interactive.py", "explorer.py", "widgets.py", "cli.py", "__main__.py", "family.py",
+                        "runs.py", "store.py"}
+"""Modules that cannot change a run's numbers (drawing, caching, the command line); editing them keeps
+cached runs valid."""
 
 
 class StoreError(RuntimeError):

@@ -218,8 +218,8 @@ def _collect(state: State, behav, rng: random.Random, gen: torch.Generator, vers
 
 
 def _shaped_reward(correct: torch.Tensor, lengths: torch.Tensor, cfg: Config) -> torch.Tensor:
-    """1/0 correctness, minus DAPO's soft overlong punishment in the last overlong_buffer tokens."""
-    reward = correct.float()
+    """1/0 correctness plus reward_offset, minus DAPO's soft overlong punishment in the last overlong_buffer tokens."""
+    reward = correct.float() + cfg.reward_offset
     if cfg.overlong_buffer:
         start = cfg.T_max - cfg.overlong_buffer
         reward = reward - cfg.overlong_penalty * ((lengths - start).clamp(min=0) / cfg.overlong_buffer)
@@ -314,12 +314,13 @@ def gradient_stats(state: State, seed: int) -> dict:
 
 
 def fit_critic(state: State, steps: int, seed: int) -> float:
-    """Train only the critic, at the current (fixed) policy, on `steps` fresh batches; returns the last
-    explained variance. Gives a baseline to measure, not a training run. Book: ch. 2."""
+    """Train only the critic, at the current (fixed) policy, on `steps` fresh batches; returns the mean
+    explained variance of the last 10 batches (measured before each update). Gives a baseline to
+    measure, not a training run. Book: ch. 2."""
     cfg = state.cfg
     rng, gen = random.Random(seed), torch.Generator(device=state.device).manual_seed(seed)
     samples_before = state.samples
-    explained = float("nan")
+    explained = []
     for _ in range(steps):
         b, _, _ = _collect(state, state.policy, rng, gen, version=0)
         with torch.no_grad():
@@ -327,10 +328,10 @@ def fit_critic(state: State, steps: int, seed: int) -> float:
             _, b.value_target = get_advantage(cfg.adv)(b, cfg)
         mask = b.mask if b.values.dim() == 2 else torch.ones_like(b.reward)
         values = b.values if b.values.dim() == 2 else torch.sigmoid(b.values)
-        explained = dg.explained_variance(values, b.value_target, mask)
+        explained.append(dg.explained_variance(values, b.value_target, mask))
         _critic_update(state, b)
     state.samples = samples_before
-    return explained
+    return sum(explained[-10:]) / len(explained[-10:])
 
 
 def measure_gradients(cfg: Config, seed: int = 0, critic_steps: int = 0, device: str | None = None) -> dict:

@@ -30,6 +30,8 @@ from xxpo_lab import Config, ConfigError, field_docs, resolve, sized
     ({"warm_start_acc": 1.5}, r"Config.warm_start_acc = 1.5 .* \(0, 1\]"),
     ({"G": 1, "adv": "none", "dynamic_sampling": True}, r"dynamic_sampling .* G >= 2"),
     ({"steps": 0}, r"Config.steps = 0 .* >= 1"),
+    ({"grad_stats_k": 2}, r"Config.grad_stats_k = 2 .* >= 3"),
+    ({"loss": "sppo", "reward_offset": 1.0}, r"Config.reward_offset = 1.0 .* adv='sppo'"),
 ])
 def test_bad_values_fail_when_the_config_is_made(changes, message):
     with pytest.raises(ConfigError, match=message):

@@ -50,10 +50,19 @@ def test_update_metrics_clip_fractions_and_drift():
 def test_grad_moments():
     grads = torch.tensor([[1.0, 0.0], [3.0, 0.0], [2.0, 3.0], [2.0, -3.0]])
     m = grad_moments(grads)
-    # mean = (2, 0); deviations² = 1, 1, 9, 9 -> var = 20 / 3; snr = 4 / (20/3) = 0.6
+    # mean = (2, 0); deviations² = 1, 1, 9, 9 -> var = 20 / 3
+    # ‖ḡ‖² = 4 overestimates ‖E g‖² by var / K: snr = (4 - (20/3) / 4) / (20/3) = 0.6 - 0.25 = 0.35
     assert m["grad/mean_norm"] == pytest.approx(2.0)
     assert m["grad/var"] == pytest.approx(20 / 3)
-    assert m["grad/snr"] == pytest.approx(0.6)
+    assert m["grad/snr"] == pytest.approx(0.35)
+    assert m["grad/snr_se"] > 0
+
+
+def test_debiased_snr_is_unbiased_for_pure_noise():
+    gen = torch.Generator().manual_seed(0)
+    # E g = 0: the raw ‖ḡ‖²/var would average 1/K = 0.125, the debiased one 0
+    snrs = [grad_moments(torch.randn(8, 50, generator=gen))["grad/snr"] for _ in range(400)]
+    assert abs(sum(snrs) / len(snrs)) < 0.01
 
 
 def test_explained_variance():
