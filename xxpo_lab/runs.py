@@ -87,32 +87,43 @@ def load_run(key: str) -> History | None:
     return hist
 
 
-def _train_quietly(cfg: Config) -> History:
-    from xxpo_lab.train import train
+def _call(job):
+    fn, kwargs = job
+    import torch
 
-    return train(cfg, progress=False, threads=1)
+    torch.set_num_threads(1)  # one thread per worker: two workers on two cores, no oversubscription
+    return fn(**kwargs)
+
+
+def parallel_map(fn, jobs: list[dict], workers: int | None = None, progress: bool = True, desc: str = "") -> list:
+    """[fn(**job) for job in jobs], `workers` processes at a time (spawned; 1 thread each).
+
+    fn must be importable (a module-level function). Scripts that call this need the usual
+    `if __name__ == "__main__":` guard; notebooks do not.
+    """
+    from tqdm.auto import tqdm
+
+    workers = workers or (1 if pick_device().type == "cuda" else min(2, os.cpu_count() or 1))
+    if workers == 1 or len(jobs) == 1:
+        return [fn(**job) for job in tqdm(jobs, disable=not progress, desc=desc)]
+    with mp.get_context("spawn").Pool(workers) as pool:
+        return list(tqdm(pool.imap(_call, [(fn, job) for job in jobs]), total=len(jobs), disable=not progress,
+                         desc=desc))
 
 
 def run_many(cfgs: list[Config], workers: int | None = None, progress: bool = True) -> list[History]:
     """Train every config (cached runs are loaded, the rest run `workers` at a time, 1 thread each)."""
-    from tqdm.auto import tqdm
-
     from xxpo_lab.train import train
 
     device = pick_device()
     found = [load_run(run_key(resolve(sized(c)), device)) for c in cfgs]
     missing = [c for c, h in zip(cfgs, found) if h is None]
-    workers = workers or (1 if device.type == "cuda" else min(2, os.cpu_count() or 1))
     if missing:
         warm = {tuple(getattr(c, f) for f in WARM_FIELDS): c for c in map(sized, missing)}
         for cfg in warm.values():
             make_policy(cfg, device)  # each warm start trains once, before the workers would race for it
-        if workers == 1:
-            done = [train(c, progress=progress) for c in missing]
-        else:
-            with mp.get_context("spawn").Pool(workers) as pool:
-                done = list(tqdm(pool.imap(_train_quietly, missing), total=len(missing), disable=not progress,
-                                 desc=f"{len(missing)} runs"))
+        done = parallel_map(train, [{"cfg": c, "progress": False} for c in missing], workers, progress,
+                            desc=f"{len(missing)} runs")
         results = iter(done)
         found = [h if h is not None else next(results) for h in found]
     return found

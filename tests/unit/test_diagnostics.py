@@ -96,3 +96,21 @@ def test_every_logged_metric_is_in_the_glossary(tiny):
     logged = {c.split("@")[0] for h in (hist, ppo, sapo) for c in h.columns}
     missing = logged - set(GLOSSARY)
     assert not missing, f"metrics without a glossary entry: {sorted(missing)}"
+
+
+def test_measurements_at_fixed_parameters(tiny):
+    from xxpo_lab.measure import measure_gradients, score_norms
+
+    plain = measure_gradients(replace(tiny, loss="pg", adv="none", grad_stats_k=4), seed=3)
+    again = measure_gradients(replace(tiny, loss="pg", adv="none", grad_stats_k=4), seed=3)
+    assert plain == pytest.approx(again, nan_ok=True, rel=0, abs=0)  # deterministic for a seed, nothing trained
+    critic = measure_gradients(replace(tiny, loss="pg", adv="gae", grad_stats_k=4), seed=3, critic_steps=12)
+    assert critic["grad/var"] > 0 and -1.0 < critic["value/explained_var"] <= 1.0
+    norms = score_norms(tiny, n=10, seed=1)
+    assert len(norms) == 10 and (norms["score_norm2"] > 0).all() and set(norms["correct"]) <= {True, False}
+
+
+def test_parallel_map_keeps_the_order():
+    from xxpo_lab.runs import parallel_map
+
+    assert parallel_map(pow, [{"base": b, "exp": 2} for b in range(5)], workers=2, progress=False) == [0, 1, 4, 9, 16]

@@ -1,0 +1,80 @@
+"""Measurements at fixed parameters, outside training: gradient statistics, critic fitting, score norms.
+
+These answer chapter 2's questions about a policy as it is (the warm start, or any saved policy):
+how noisy is the policy-gradient estimate under each baseline, and why. They reuse the training
+loop's own collection and loss code, with their own seeded randomness. Book: ch. 2.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pandas as pd
+import torch
+
+from xxpo_lab import diagnostics as dg
+from xxpo_lab.advantages import get_advantage
+from xxpo_lab.config import Config, resolve, sized
+from xxpo_lab.policy import pick_device, token_logp
+from xxpo_lab.train import State, _collect, _critic_update, _setup, gradient_stats
+
+
+def fit_critic(state: State, steps: int, seed: int) -> float:
+    """Train only the critic, at the current (fixed) policy, on `steps` fresh batches; returns the mean
+    explained variance of the last 10 batches (measured before each update). Gives a baseline to
+    measure, not a training run. Book: ch. 2."""
+    cfg = state.cfg
+    rng, gen = random.Random(seed), torch.Generator(device=state.device).manual_seed(seed)
+    samples_before = state.samples
+    explained = []
+    for _ in range(steps):
+        b, _, _ = _collect(state, state.policy, rng, gen, version=0)
+        with torch.no_grad():
+            b.values = state.critic(b.prompt_ids, b.prompt_mask, b.resp_ids)
+            _, b.value_target = get_advantage(cfg.adv)(b, cfg)
+        mask = b.mask if b.values.dim() == 2 else torch.ones_like(b.reward)
+        values = b.values if b.values.dim() == 2 else torch.sigmoid(b.values)
+        explained.append(dg.explained_variance(values, b.value_target, mask))
+        _critic_update(state, b)
+    state.samples = samples_before
+    return sum(explained[-10:]) / len(explained[-10:])
+
+
+def measure_gradients(cfg: Config, seed: int = 0, critic_steps: int = 0, device: str | None = None) -> dict:
+    """Gradient variance and SNR of `cfg`'s loss and advantage at the warm-start policy (no training).
+
+    The policy is fixed; cfg.grad_stats_k independent batches of P·G samples give the statistics (see
+    `gradient_stats`). With a critic-based advantage, the critic is first fitted for `critic_steps`
+    batches at the same fixed policy. Returns the grad/* metrics plus value/explained_var. Book: ch. 2.
+    """
+    cfg = resolve(sized(cfg))
+    state = _setup(cfg, pick_device(device))
+    explained = fit_critic(state, critic_steps, seed + 1) if state.critic is not None and critic_steps else float("nan")
+    return gradient_stats(state, seed) | {"value/explained_var": explained}
+
+
+def score_norms(cfg: Config, n: int = 128, seed: int = 0, device: str | None = None) -> pd.DataFrame:
+    """‖∇θ log π(y|x)‖² of n responses sampled from the warm-start policy, with their correctness.
+
+    The variance of a REINFORCE-style gradient Σ_i (R_i - b) ∇log π(y_i|x) depends on these norms:
+    the variance-minimising constant baseline is b* = E[R·‖s‖²] / E[‖s‖²]. When wrong responses have
+    much larger score norms than right ones, b* is near the wrong answers' reward (0), not the mean
+    reward. Returns one row per response: 'correct', 'score_norm2', 'length'. Book: ch. 2.
+    """
+    cfg = resolve(sized(cfg))
+    state = _setup(cfg, pick_device(device))
+    rng, gen = random.Random(seed), torch.Generator(device=state.device).manual_seed(seed)
+    rows = []
+    while len(rows) < n:
+        b, _, _ = _collect(state, state.policy, rng, gen, version=0)
+        params = [p for p in state.policy.parameters() if p.requires_grad]
+        for i in range(b.B):
+            idx = torch.tensor([i], device=state.device)
+            logp = token_logp(state.policy, b.prompt_ids[idx], b.prompt_mask[idx], b.resp_ids[idx], cfg.temperature)
+            total = (logp * b.mask[idx]).sum()  # log π(y|x) of the whole response
+            grads = torch.autograd.grad(total, params)
+            rows.append({"correct": bool(b.correct[i]), "score_norm2": sum(g.pow(2).sum() for g in grads).item(),
+                         "length": int(b.lengths[i])})
+            if len(rows) == n:
+                break
+    return pd.DataFrame(rows)
