@@ -32,11 +32,11 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 
 book: setup
-	XXPO_BOOK=1 $(VENV)/bin/jupyter-book build . -W -n --keep-going
+	XXPO_BOOK=1 $(VENV)/bin/jupyter-book build . --all -W -n --keep-going
 	@echo "The website is in $(SITE)/index.html (make serve shows it on http://127.0.0.1:8000)"
 
 fast: setup
-	XXPO_FAST=1 XXPO_BOOK=1 $(VENV)/bin/jupyter-book build . --path-output _build/fast -W -n --keep-going
+	XXPO_FAST=1 XXPO_BOOK=1 $(VENV)/bin/jupyter-book build . --all --path-output _build/fast -W -n --keep-going
 	@echo "The fast-mode website is in $(FAST_SITE)/index.html"
 
 serve:
@@ -62,7 +62,7 @@ test-notebooks: setup
 	$(call timed,layer 2: notebooks in fast mode,XXPO_FAST=1 OMP_NUM_THREADS=1 $(PY) -m pytest --nbmake --nbmake-timeout=600 -n 2 -q chapters)
 
 test-book: setup
-	$(call timed,layer 3: fast book build with warnings as errors,rm -rf _build/fast && XXPO_FAST=1 XXPO_BOOK=1 $(VENV)/bin/jupyter-book build . --path-output _build/fast -W -n --keep-going)
+	$(call timed,layer 3: fast book build with warnings as errors,rm -rf _build/fast && XXPO_FAST=1 XXPO_BOOK=1 $(VENV)/bin/jupyter-book build . --all --path-output _build/fast -W -n --keep-going)
 
 test-browser: setup browser-deps
 	$(call timed,layer 4: browser tests of the built site,$(PY) -m pytest tests/browser -q)

@@ -8,13 +8,14 @@ from __future__ import annotations
 import importlib
 import os
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-THREADS, WARMUP = 2, 3
+THREADS, WARMUP, NAN = 2, 3, float("nan")
 ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
        "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
 
@@ -55,44 +56,56 @@ def run_lab(size: Size, steps: int) -> dict:
     from xxpo_lab.tasks import char_tokenizer
 
     loop = importlib.import_module("xxpo_lab.train")  # the module (the package's `train` is the function)
-
     tok = char_tokenizer()
     loop.make_policy = lambda cfg, device=None: (no_eos_policy(cfg, tok).to(device), tok, {})
-    ends = []
-    hist = loop.train(lab_config(size, steps), progress=False, cache=False, threads=THREADS,
-                      callback=lambda row: ends.append(time.perf_counter()))
+    probe = Probe()
+    hist = loop.train(lab_config(size, steps), progress=False, cache=False, threads=THREADS, callback=probe.mark)
     rows = hist[hist.step < steps]
-    return {"inner_s": rows["time/step"].tolist(), "loop_s": [float("nan")] + [b - a for a, b in zip(ends, ends[1:])],
+    return {"inner_s": rows["time/step"].tolist(), "loop_s": probe.intervals(), "foreign": probe.foreign(),
             "tokens": (rows["len/mean"] * size.P * size.G).tolist(), "sample_s": rows["time/sample"].tolist(),
             "update_s": rows["time/update"].tolist()}
 
 
 # -------------------------------------------------------------------------------------------------
-# other work on the machine (the benchmark shares 2 cores with whatever else runs)
+# other work on the machine: the benchmark shares 2 cores with whatever else runs, and an OpenMP job with
+# 2 threads slows down many times when another process takes one core, so contended steps are dropped
 
-QUIET = 0.25  # a run counts as quiet when other processes used fewer cores than this on average
+QUIET = 0.5  # a step is kept when other processes kept fewer cores than this busy during it
 
 
-def cpu_jiffies() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs since boot (/proc/stat: user nice system idle iowait irq softirq steal)."""
+def busy_seconds() -> float:
+    """CPU-seconds all CPUs spent busy since boot (/proc/stat: every state but idle and iowait)."""
     v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return sum(v) - v[3] - v[4], sum(v)
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def foreign_cores(before: tuple, after: tuple, own_cpu_s: float) -> float:
-    """Average number of cores busy with processes other than ours between two `cpu_jiffies` readings."""
-    hz, cpus = os.sysconf("SC_CLK_TCK"), os.cpu_count()
-    wall = (after[1] - before[1]) / hz / cpus
-    return max(0.0, ((after[0] - before[0]) / hz - own_cpu_s) / max(wall, 1e-9))
+class Probe:
+    """Marks (at step ends): wall clock, the machine's busy CPU time and this process's own CPU time."""
+
+    def __init__(self):
+        self.marks = []
+
+    def mark(self, *_) -> None:
+        self.marks.append((time.perf_counter(), busy_seconds(), time.process_time()))
+
+    def intervals(self) -> list[float]:
+        """Wall time between consecutive marks (NaN before the first)."""
+        return [NAN] + [b[0] - a[0] for a, b in zip(self.marks, self.marks[1:])]
+
+    def foreign(self) -> list[float]:
+        """Cores other processes kept busy between consecutive marks (NaN before the first)."""
+        pairs = zip(self.marks, self.marks[1:])
+        return [NAN] + [max(0.0, (b[1] - a[1] - (b[2] - a[2])) / (b[0] - a[0])) for a, b in pairs]
 
 
-def wait_quiet(max_wait: float = 60.0) -> None:
-    """Wait (at most max_wait seconds) until other processes use fewer than QUIET cores over one second."""
-    start = time.perf_counter()
+def wait_quiet(max_wait: float = 30.0) -> None:
+    """Wait (at most max_wait seconds) for a second in which other processes use under QUIET / 2 cores."""
+    probe, start = Probe(), time.perf_counter()
+    probe.mark()
     while time.perf_counter() - start < max_wait:
-        before = cpu_jiffies()
         time.sleep(1.0)
-        if foreign_cores(before, cpu_jiffies(), 0.0) < QUIET:
+        probe.mark()
+        if probe.foreign()[-1] < QUIET / 2:
             return
 
 
@@ -100,9 +113,25 @@ def wait_quiet(max_wait: float = 60.0) -> None:
 # reductions and the machine's peak
 
 
-def median_of(runs: list[dict], key: str) -> float:
-    kept = [x for run in runs for x in run[key][WARMUP:] if x == x]  # drop warm-up steps and NaN
-    return statistics.median(kept)
+def kept(run: dict, key: str, quiet: bool = True) -> list[float]:
+    """Values of `key` after the warm-up steps (and, with `quiet`, of uncontended steps only)."""
+    return [x for i, (x, f) in enumerate(zip(run[key], run["foreign"]))
+            if i >= WARMUP and x == x and (not quiet or f < QUIET)]
+
+
+def median_of(runs: list[dict], key: str, quiet: bool = True) -> float:
+    values = [x for run in runs for x in kept(run, key, quiet)]
+    return statistics.median(values) if values else NAN
+
+
+def git_state() -> dict:
+    """The commit measured, and whether xxpo_lab/ had uncommitted changes (then the numbers are of those)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True,
+                              text=True).stdout.strip()
+
+    dirty = bool(git("status", "--porcelain", "../xxpo_lab"))
+    return {"commit": git("rev-parse", "--short", "HEAD"), "xxpo_lab_dirty": dirty}
 
 
 def matmul_peak(n: int = 2048, repeats: int = 10) -> float:

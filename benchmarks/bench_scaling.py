@@ -3,10 +3,11 @@
     .venv/bin/python benchmarks/bench_scaling.py --steps 20 --rounds 4 --out benchmarks/scaling.json
 
 The model, task, loss and threads of `bench_step.py` (GPT-2 2x4x128, addition, GRPO, fp32, 2 threads),
-with P = 8 prompts and EOS made unsampleable by the weights (`bench_step.no_eos_policy`), so every
+with P = 8 prompts and EOS made unsampleable by the weights (`bench_common.no_eos_policy`), so every
 response is exactly T tokens long. Two sweeps: T in {16, 32, 64, 128} at G = 4, and G in {4, 8, 16, 32}
-at T = 16. Rounds alternate the configurations (round r runs each once, in reversed order every other
-round); the first WARMUP steps of every run are dropped and medians are over the rest.
+at T = 16 (7 configurations: the base T = 16, G = 4 is shared). Rounds alternate the configurations
+(each round runs every one once, in reversed order every other round); the first WARMUP steps of every
+run are dropped, and so are contended steps (`bench_common.QUIET`); medians are over the rest.
 
 For each sweep it prints time per step over the time at the smallest size next to the size ratio, and an
 affine least-squares fit time = a + b * size: "linear" means the fit holds (small residuals); the
@@ -18,27 +19,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import statistics
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from bench_common import QUIET, THREADS, WARMUP, Size, cpu_jiffies, foreign_cores, run_lab, wait_quiet
+from bench_common import QUIET, THREADS, WARMUP, Size, git_state, kept, median_of, run_lab, wait_quiet
 
 SWEEPS = {"T": (16, 32, 64, 128), "G": (4, 8, 16, 32)}
 BASE = Size(P=8, G=4, T=16)
 
 
-def sizes() -> list[tuple[str, int, Size]]:
-    return [(name, v, replace(BASE, **{name: v})) for name, values in SWEEPS.items() for v in values]
-
-
-def own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def sizes() -> list[Size]:
+    """Every configuration of both sweeps once (the base T = 16, G = 4 belongs to both)."""
+    return list(dict.fromkeys(replace(BASE, **{name: v}) for name, values in SWEEPS.items() for v in values))
 
 
 def fit(x: list[float], y: list[float]) -> dict:
@@ -54,35 +49,40 @@ def fit(x: list[float], y: list[float]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20, help=f"steps per run (the first {WARMUP} are warm-up)")
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=4, help="rounds at least; each runs every configuration once")
+    ap.add_argument("--min-quiet", type=int, default=30, help="more rounds until each size has this many quiet steps")
+    ap.add_argument("--budget", type=float, default=600, help="no new round after this many seconds")
     ap.add_argument("--out", default="benchmarks/scaling.json")
     a = ap.parse_args()
     torch.set_num_threads(THREADS)
-    runs: dict[tuple[str, int], list[dict]] = {(n, v): [] for n, v, _ in sizes()}
-    for r in range(a.rounds):
-        order = sizes() if r % 2 == 0 else sizes()[::-1]
-        for name, v, size in order:
+    runs: dict[Size, list[dict]] = {size: [] for size in sizes()}
+    git = git_state()
+    start, r = time.perf_counter(), 0
+    while r < a.rounds or min(sum(len(kept(run, "inner_s")) for run in rs) for rs in runs.values()) < a.min_quiet:
+        if time.perf_counter() - start > a.budget:
+            print(f"time budget spent: fewer than {a.min_quiet} quiet steps (the machine is busy)")
+            break
+        order, r = (sizes() if r % 2 == 0 else sizes()[::-1]), r + 1
+        for size in order:
             wait_quiet()
-            before, cpu = cpu_jiffies(), own_cpu()
-            run = run_lab(size, a.steps)
-            run["foreign_cores"] = foreign_cores(before, cpu_jiffies(), own_cpu() - cpu)
-            runs[name, v].append(run)
-            print(f"round {r} {name}={v}: median {1e3 * statistics.median(run['inner_s'][WARMUP:]):.1f} ms/step, "
-                  f"other processes used {run['foreign_cores']:.2f} cores", flush=True)
+            runs[size].append(run := run_lab(size, a.steps))
+            n = len(kept(run, "inner_s"))
+            print(f"round {r - 1} T={size.T} G={size.G}: {n} quiet steps of {a.steps}, median "
+                  f"{1e3 * median_of([run], 'inner_s', n > 0):.1f} ms/step", flush=True)
 
-    def med(key, k):  # over the quiet runs when at least two are quiet, else over all
-        quiet = [run for run in runs[key] if run["foreign_cores"] < QUIET]
-        return 1e3 * statistics.median(x for run in (quiet if len(quiet) >= 2 else runs[key]) for x in run[k][WARMUP:])
+    def med(key, k):  # over the uncontended steps
+        return 1e3 * median_of(runs[key], k)
 
-    res = {"setup": {"base": asdict(BASE), "steps": a.steps, "rounds": a.rounds, "warmup": WARMUP,
-                     "threads": THREADS, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}}
+    res = {"setup": {"base": asdict(BASE), "steps": a.steps, "rounds": r, "warmup": WARMUP, "quiet_below_cores": QUIET,
+                     "threads": THREADS, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "git": git}}
     for name, values in SWEEPS.items():
         rows = []
         for v in values:
-            key = (name, v)
-            tokens = statistics.median(x for run in runs[key] for x in run["tokens"][WARMUP:])
-            quiet = sum(run["foreign_cores"] < QUIET for run in runs[key])
-            rows.append({name: v, "quiet_runs": quiet, "ms_per_step": med(key, "inner_s"), "sample_ms": med(key, "sample_s"),
+            key = replace(BASE, **{name: v})
+            tokens = median_of(runs[key], "tokens")
+            quiet = sum(len(kept(run, "inner_s")) for run in runs[key])
+            rows.append({name: v, "quiet_steps": quiet, "ms_per_step": med(key, "inner_s"),
+                         "sample_ms": med(key, "sample_s"),
                          "update_ms": med(key, "update_s"), "tokens_per_step": tokens})
         t0, v0 = rows[0]["ms_per_step"], values[0]
         for row in rows:
@@ -99,7 +99,7 @@ def main() -> None:
         f = res[name]["fit"]
         print(f"fit: {f['intercept_ms']:.1f} ms + {f['slope_ms']:.2f} ms x {name}; R^2 {f['r2']:.4f}, "
               f"worst residual {100 * f['max_rel_residual']:.1f}%")
-    res["raw"] = {f"{n}={v}": r for (n, v), r in runs.items()}
+    res["raw"] = {f"T={size.T},G={size.G}": rs for size, rs in runs.items()}
     Path(a.out).write_text(json.dumps(res, indent=1))
 
 

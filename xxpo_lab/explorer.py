@@ -120,7 +120,7 @@ def loss_explorer(losses=None):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from xxpo_lab.plots import COLORS
+    from xxpo_lab.plots import COLORS, rgba
 
     tables = explorer_tables(losses)
     fig = make_subplots(rows=2, cols=2, shared_xaxes=True, vertical_spacing=0.08, horizontal_spacing=0.07,
@@ -131,7 +131,7 @@ def loss_explorer(losses=None):
         color = COLORS[i % len(COLORS)]
         visible = True if name in SHOWN else "legendonly"
         for col, sign in ((1, 1.0), (2, -1.0)):
-            shade = {"fill": "tozeroy", "line": {"width": 0}, "hoverinfo": "skip", "fillcolor": _rgba(color, 0.15)}
+            shade = {"fill": "tozeroy", "line": {"width": 0}, "hoverinfo": "skip", "fillcolor": rgba(color, 0.15)}
             for row, kind, extra in ((1, 2, shade),
                                      (1, 0, {"line": {"width": 2}}), (2, 1, {"line": {"width": 2}})):
                 fig.add_trace(go.Scatter(x=R_GRID, name=name, legendgroup=name, visible=visible,
@@ -153,11 +153,6 @@ def loss_explorer(losses=None):
     fig.update_xaxes(title_text="ratio r = π_θ / π_prox", row=2)
     fig.layout.meta = {"xxpo_explorer": _js_tables(tables, dynamic)}
     return fig
-
-
-def _rgba(hex_color: str, alpha: float) -> str:
-    r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
-    return f"rgba({r},{g},{b},{alpha})"
 
 
 def _set_initial(fig, tables, dynamic) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 
 def in_book_build() -> bool:
     """True while Jupyter Book executes the notebook for the website."""
@@ -38,6 +40,8 @@ def glue(name: str, value, fmt: str = "") -> None:
 
     Numbers in the chapters' text come from here, from the run on the page, never typed by hand.
     """
+    if hasattr(value, "item"):  # numpy and torch scalars: glue formats plain Python numbers
+        value = value.item()
     try:
         from myst_nb import glue as myst_glue
     except ImportError:  # Colab and plain Jupyter: the prose shows the role, the output shows the number
@@ -47,23 +51,26 @@ def glue(name: str, value, fmt: str = "") -> None:
 
 
 def sweep_figure(table, param: str, metrics, by: str = "run", x: str = "step", smooth: int = 1,
-                 title: str = ""):
+                 title: str = "", order: list | None = None):
     """One plotly figure with a slider over `param`: every position shows real runs at that value.
 
     table: the long table of `runs.compare` (or any DataFrame with columns by, param, 'seed', x and the
     metrics). Each position draws, per `by` group, the mean over seeds and a band from the lowest to the
-    highest seed. Precomputed, so the slider works on the website without a kernel.
+    highest seed. Precomputed, so the slider works on the website without a kernel. `order` fixes the
+    slider's positions (default: the sorted values of `param`).
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from xxpo_lab.plots import COLORS
+    from xxpo_lab.plots import COLORS, rgba
 
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
-    values = sorted(table[param].dropna().unique())
+    values = list(order) if order is not None else sorted(table[param].dropna().unique())
+    table = table[table[param].isin(values)]
     groups = list(dict.fromkeys(table[by]))
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=metrics, horizontal_spacing=0.08)
     owner = []  # param value of each trace
+    ranges = {metric: [np.inf, -np.inf] for metric in metrics}  # one y range per panel, so positions compare
     for v in values:
         part = table[table[param] == v]
         for gi, g in enumerate(groups):
@@ -73,11 +80,14 @@ def sweep_figure(table, param: str, metrics, by: str = "run", x: str = "step", s
                 if smooth > 1:
                     wide = wide.rolling(smooth, min_periods=1).mean()
                 wide = wide.dropna(how="all")
-                common = {"x": wide.index, "legendgroup": str(g), "visible": v == values[0], "hoverinfo": "skip"}
+                ranges[metric] = [min(ranges[metric][0], np.nanmin(wide.values)),
+                                  max(ranges[metric][1], np.nanmax(wide.values))]
+                common = {"x": wide.index, "legendgroup": str(g), "visible": v == values[0], "hoverinfo": "skip",
+                          "mode": "lines"}
                 fig.add_trace(go.Scatter(y=wide.min(axis=1), line={"width": 0}, showlegend=False, **common),
                               row=1, col=col)
-                fig.add_trace(go.Scatter(y=wide.max(axis=1), line={"width": 0}, fill="tonexty", fillcolor=color,
-                                         opacity=0.2, showlegend=False, **common), row=1, col=col)
+                fig.add_trace(go.Scatter(y=wide.max(axis=1), line={"width": 0}, fill="tonexty",
+                                         fillcolor=rgba(color, 0.2), showlegend=False, **common), row=1, col=col)
                 fig.add_trace(go.Scatter(y=wide.mean(axis=1), name=f"{g} ({wide.shape[1]} seeds)", line_color=color,
                                          showlegend=col == 1, **(common | {"hoverinfo": "x+y+name"})), row=1, col=col)
                 owner += [v, v, v]
@@ -89,4 +99,8 @@ def sweep_figure(table, param: str, metrics, by: str = "run", x: str = "step", s
                       title={"text": f"{title} {param} = {values[0]}".strip()}, height=420,
                       margin={"t": 70, "b": 40}, meta={"xxpo_sweep": param})
     fig.update_xaxes(title_text=x)
+    for col, metric in enumerate(metrics, start=1):
+        lo, hi = ranges[metric]
+        pad = 0.05 * (hi - lo) if hi > lo else 0.05
+        fig.update_yaxes(range=[lo - pad, hi + pad], row=1, col=col)
     return fig

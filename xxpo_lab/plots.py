@@ -14,6 +14,12 @@ import pandas as pd
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"]
 
 
+def rgba(hex_color: str, alpha: float) -> str:
+    """'#1f77b4' -> 'rgba(31,119,180,alpha)' (plotly fills)."""
+    r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
 def style() -> None:
     """The book's matplotlib defaults (sizes for a web page, no top/right spines)."""
     plt.rcParams.update({

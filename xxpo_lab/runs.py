@@ -106,9 +106,17 @@ def parallel_map(fn, jobs: list[dict], workers: int | None = None, progress: boo
     workers = workers or (1 if pick_device().type == "cuda" else min(2, os.cpu_count() or 1))
     if workers == 1 or len(jobs) == 1:
         return [fn(**job) for job in tqdm(jobs, disable=not progress, desc=desc)]
-    with mp.get_context("spawn").Pool(workers) as pool:
-        return list(tqdm(pool.imap(_call, [(fn, job) for job in jobs]), total=len(jobs), disable=not progress,
-                         desc=desc))
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # read by the workers' OpenMP at start-up: no second thread spinning
+    try:
+        with mp.get_context("spawn").Pool(workers) as pool:
+            return list(tqdm(pool.imap(_call, [(fn, job) for job in jobs]), total=len(jobs), disable=not progress,
+                             desc=desc))
+    finally:
+        if before is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
 
 
 def run_many(cfgs: list[Config], workers: int | None = None, progress: bool = True) -> list[History]:

@@ -93,3 +93,31 @@ def test_every_notebook_is_in_the_table_of_contents():
         assert f"chapters/{path.stem}" in listed, f"{path.name} is not in _toc.yml"
     for page in listed:
         assert (ROOT / f"{page}.ipynb").exists() or (ROOT / f"{page}.md").exists(), page
+
+
+def test_sweep_figure_switches_whole_sets_of_traces(runs):
+    from xxpo_lab.interactive import sweep_figure
+
+    table = pd.concat([runs.assign(eps=0.1), runs.assign(eps=0.2, **{"reward/mean": runs["reward/mean"] + 1})])
+    fig = sweep_figure(table, "eps", ["reward/mean"], by="run")
+    steps = fig.layout.sliders[0].steps
+    assert [s.label for s in steps] == ["0.1", "0.2"]
+    masks = [s.args[0]["visible"] for s in steps]
+    assert all(a != b for a, b in zip(*masks)) and sum(masks[0]) == sum(masks[1]) == 6  # 2 runs x (band, mean)
+    low, high = fig.layout.yaxis.range
+    assert low < table["reward/mean"].min() and high > table["reward/mean"].max()  # one range for all positions
+    assert fig.layout.meta["xxpo_sweep"] == "eps"
+    ordered = sweep_figure(table, "eps", ["reward/mean"], by="run", order=[0.2, 0.1])
+    assert [s.label for s in ordered.layout.sliders[0].steps] == ["0.2", "0.1"]
+
+
+def test_glue_turns_numpy_numbers_into_python_numbers(monkeypatch, capsys):
+    import sys as _sys
+
+    import numpy as np
+
+    from xxpo_lab.interactive import glue
+
+    monkeypatch.setitem(_sys.modules, "myst_nb", None)  # outside a book build: the value is printed
+    glue("x", np.float64(0.25), ".2f")
+    assert capsys.readouterr().out == "x = 0.25\n"
