@@ -190,7 +190,7 @@ def _collect(state: State, behav, rng: random.Random, gen: torch.Generator, vers
     for _ in range(cfg.max_refill + 1):
         problems = task.sample(cfg.P, rng)
         group_problems = [p for p in problems for _ in range(cfg.G)]  # contiguous groups
-        prompt_ids, prompt_mask = encode_prompts(tok, group_problems, state.device)
+        prompt_ids, prompt_mask = (x.repeat_interleave(cfg.G, dim=0) for x in encode_prompts(tok, problems, state.device))
         t0 = time.perf_counter()
         resp, mask, behav_logp, lengths, truncated = sample(behav, prompt_ids, prompt_mask, cfg.T_max,
                                                             cfg.temperature, gen, tok.eos_token_id, tok.pad_token_id)
@@ -331,8 +331,8 @@ def _memory(state: State) -> dict:
 
 def _setup(cfg: Config, device: torch.device) -> State:
     policy, tokenizer, warm = make_policy(cfg, device)
-    # foreach: one grouped kernel per Adam operation instead of one per parameter tensor (tiny models)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    # fused: one kernel for the whole update instead of a few per parameter tensor (tiny models)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     state = State(cfg=cfg, device=device, task=make_task(cfg.task, cfg.difficulty), tokenizer=tokenizer,
                   policy=policy, opt=opt, warm=warm, rng=random.Random(cfg.seed),
                   gen=torch.Generator(device=device).manual_seed(cfg.seed),
@@ -341,7 +341,7 @@ def _setup(cfg: Config, device: torch.device) -> State:
     if kind is not None:
         state.critic = make_critic(policy, kind)
         state.opt_critic = torch.optim.AdamW(state.critic.parameters(), lr=cfg.critic_lr, weight_decay=0.0,
-                                             foreach=True)
+                                             fused=True)
     if cfg.beta > 0:
         state.ref = copy.deepcopy(policy).requires_grad_(False)
     if cfg.staleness > 0:

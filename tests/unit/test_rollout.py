@@ -71,3 +71,13 @@ def test_decode_drops_eos(setup):
     resp = torch.tensor([[2 + 10, 2 + 11, 1, 0], [2 + 12, 2 + 12, 2 + 12, 2 + 12]])
     texts = decode(tok, resp, torch.tensor([3, 4]), torch.tensor([False, True]))
     assert texts == [tok.decode([12, 13]), tok.decode([14, 14, 14, 14])]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_lean_gpt2_decoder_samples_what_transformers_samples(setup, temperature):
+    lean = _sample(setup, temperature=temperature, seed=5)
+    tok, model, prompt_ids, prompt_mask = setup
+    hf = sample(model, prompt_ids, prompt_mask, 12, temperature, torch.Generator().manual_seed(5), tok.eos_token_id,
+                tok.pad_token_id, lean=False)
+    assert torch.equal(lean[0], hf[0]) and torch.equal(lean[1], hf[1])
+    assert (lean[2] - hf[2]).abs().max() < 1e-5
