@@ -23,8 +23,8 @@ class Config:
     # ---------------------------------------------------------------- task
     task: str = "reverse"
     """Toy verifiable task, one of `xxpo_lab.TASKS`: addition, arithmetic, countdown, copy, reverse, sort."""
-    difficulty: int = 5
-    """Task size: digits per operand (addition), operands (arithmetic, countdown), max string length (copy/reverse/sort)."""
+    difficulty: int | None = None
+    """Task size: digits per operand (addition), operands (arithmetic, countdown), max string length (copy/reverse/sort). None: the task's default (2, 3, 3, 5)."""
     # ---------------------------------------------------------------- policy
     n_layer: int = 2
     """GPT-2 blocks of the policy (and of the critic, when there is one)."""
@@ -152,11 +152,15 @@ LOSS_DEFAULT_FIELDS = tuple(GLOBAL_DEFAULTS)
 
 
 def resolve(cfg: Config) -> Config:
-    """Fill the fields left as None with the loss's defaults (GSPO's tiny eps, DAPO's eps_high, ...)."""
+    """Fill the fields left as None: the loss's defaults (GSPO's tiny eps, DAPO's eps_high, ...) and the
+    task's default difficulty."""
     from xxpo_lab.losses import LOSSES
+    from xxpo_lab.tasks import DEFAULT_DIFFICULTY
 
     spec = LOSSES[cfg.loss]
     fill = {f: spec.defaults.get(f, GLOBAL_DEFAULTS[f]) for f in LOSS_DEFAULT_FIELDS if getattr(cfg, f) is None}
+    if cfg.difficulty is None:
+        fill["difficulty"] = DEFAULT_DIFFICULTY[cfg.task]
     return replace(cfg, **fill) if fill else cfg
 
 
@@ -217,7 +221,9 @@ def _validate(cfg: Config) -> None:
         _one_of("adv", cfg.adv, ADVANTAGES)
     _one_of("kl_estimator", cfg.kl_estimator, KL_ESTIMATOR_NAMES)
     _one_of("kl_in", cfg.kl_in, KL_PLACES)
-    positive_ints = ("difficulty", "n_layer", "n_head", "n_embd", "warm_start_max_steps", "P", "G", "T_max",
+    if cfg.difficulty is not None and cfg.difficulty < 1:
+        _fail("difficulty", cfg.difficulty, "must be an integer >= 1 (or None for the task's default)")
+    positive_ints = ("n_layer", "n_head", "n_embd", "warm_start_max_steps", "P", "G", "T_max",
                      "steps", "epochs", "minibatches", "eval_every", "eval_prompts", "grad_stats_k", "max_refill")
     for name in positive_ints:
         if getattr(cfg, name) < 1:
@@ -265,10 +271,16 @@ def _validate(cfg: Config) -> None:
         _fail("reward_offset", cfg.reward_offset, "must be 0 with adv='sppo' (its critic predicts a success probability)")
     if cfg.dynamic_sampling and cfg.G < 2:
         _fail("dynamic_sampling", True, "needs G >= 2 (it drops groups whose rewards are all equal)")
-    task = make_task(cfg.task, cfg.difficulty)
+    from xxpo_lab.tasks import DEFAULT_DIFFICULTY
+
+    difficulty = cfg.difficulty if cfg.difficulty is not None else DEFAULT_DIFFICULTY[cfg.task]
+    try:
+        task = make_task(cfg.task, difficulty)
+    except ValueError as exc:
+        raise ConfigError(f"Config.{exc}") from None
     need = task.max_answer_tokens + 1  # + EOS
     if cfg.T_max < need:
-        _fail("T_max", cfg.T_max, f"must be >= {need}: {cfg.task} at difficulty {cfg.difficulty} has answers of up to "
+        _fail("T_max", cfg.T_max, f"must be >= {need}: {cfg.task} at difficulty {difficulty} has answers of up to "
               f"{task.max_answer_tokens} tokens plus EOS")
 
 

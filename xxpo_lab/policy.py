@@ -116,6 +116,9 @@ def make_policy(cfg, device=None, use_cache: bool = True):
 
     Returns (model, tokenizer, info) with info = {'steps', 'accuracy', 'seconds', 'key'} of the warm start.
     """
+    from xxpo_lab.config import resolve
+
+    cfg = resolve(cfg)
     device = pick_device(None if device is None else str(device))
     spec = {f: getattr(cfg, f) for f in WARM_FIELDS}
     key = key_of({"warm": spec, "source": source_hash(), "device": device.type})

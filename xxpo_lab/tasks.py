@@ -237,6 +237,10 @@ TASKS = {
 }
 
 
+DEFAULT_DIFFICULTY = {"addition": 2, "arithmetic": 3, "countdown": 3, "copy": 5, "reverse": 5, "sort": 5}
+"""What Config(difficulty=None) means for each task: a size a 2-layer GPT-2 warm-starts in seconds."""
+
+
 def make_task(name: str, difficulty: int) -> Task:
     """The task called `name` at a difficulty; unknown names list the valid ones."""
     if name not in TASKS:

@@ -31,6 +31,7 @@ from xxpo_lab import Config, ConfigError, field_docs, resolve, sized
     ({"G": 1, "adv": "none", "dynamic_sampling": True}, r"dynamic_sampling .* G >= 2"),
     ({"steps": 0}, r"Config.steps = 0 .* >= 1"),
     ({"grad_stats_k": 2}, r"Config.grad_stats_k = 2 .* >= 3"),
+    ({"task": "addition", "difficulty": 9}, r"Config.difficulty = 9 .* 'addition'.* \[1, 6\]"),
     ({"loss": "sppo", "reward_offset": 1.0}, r"Config.reward_offset = 1.0 .* adv='sppo'"),
 ])
 def test_bad_values_fail_when_the_config_is_made(changes, message):
@@ -52,6 +53,7 @@ def test_loss_defaults_fill_only_what_is_left_open():
     assert resolve(Config(loss="dr_grpo")).adv == "dr_grpo"
     assert resolve(Config(loss="gspo", eps_low=0.1)).eps_low == 0.1  # an explicit value wins
     assert resolve(Config(loss="ppo")).adv == "gae"
+    assert resolve(Config(task="addition")).difficulty == 2 and resolve(Config(task="reverse")).difficulty == 5
     cfg = resolve(Config(loss="grpo"))
     assert resolve(cfg) is cfg  # nothing left to fill
 
