@@ -100,7 +100,8 @@ class Config:
     beta: float = 0.0
     """KL coefficient to the frozen warm-start policy (0 turns the reference off)."""
     kl_estimator: str = "k3"
-    """Per-token KL estimator: k1, k2 or k3 (Schulman's)."""
+    """Per-token KL estimator: k1, k2 or k3 (Schulman's). In the loss, k3 descends the forward KL and k1 has no
+    expected gradient; in the reward, k1 gives the reverse-KL gradient (TRL PPO and verl default to k1 there)."""
     kl_in: str = "loss"
     """Where the KL goes: 'loss' (GRPO: added to the per-token loss) or 'reward' (PPO-RLHF: a per-token penalty in the reward)."""
     # ---------------------------------------------------------------- critic (PPO's GAE, SPPO's prompt value)

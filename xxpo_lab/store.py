@@ -6,6 +6,7 @@ for something else raises `StoreError` naming the file and what to do; it is nev
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -34,13 +35,31 @@ def cache_dir() -> Path:
 
 @cache
 def source_hash() -> str:
-    """Hash of every package module that can change a run's numbers (see PRESENTATION_MODULES)."""
+    """Hash of the code of every package module that can change a run's numbers (see PRESENTATION_MODULES).
+
+    The code is hashed as its syntax tree without docstrings, so editing a comment, a docstring or the
+    layout keeps cached runs valid; any change to what runs invalidates them.
+    """
     h = hashlib.sha256(xxpo_lab.__version__.encode())
     root = Path(xxpo_lab.__file__).parent
     for path in sorted(root.glob("*.py")):
         if path.name not in PRESENTATION_MODULES:
-            h.update(path.name.encode() + path.read_bytes())
+            h.update(path.name.encode() + _code_of(path.read_text()).encode())
     return h.hexdigest()[:16]
+
+
+def _code_of(source: str) -> str:
+    """The module's syntax tree without its docstrings and bare strings (the field docs of Config); comments
+    and layout are not in the tree."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        for name in ("body", "orelse", "finalbody"):
+            body = getattr(node, name, None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
+                kept = [s for s in body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)
+                                                and isinstance(s.value.value, str))]
+                setattr(node, name, kept or [ast.Pass()])
+    return ast.dump(tree)
 
 
 def key_of(payload: dict) -> str:

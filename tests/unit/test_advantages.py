@@ -198,3 +198,21 @@ def test_gae_ignores_values_under_the_mask():
     check(returns_n, returns)
     # row 1: δ_0 = 0 + 0.7 - 0.3 = 0.4, δ_1 = 1 + 0 - 0.7 = 0.3 (V after the last token is 0), A_0 = 0.4 + 0.95·0.3
     check(adv[1], [0.685, 0.3, 0.0])
+
+
+def test_kl_in_the_reward_is_a_per_token_penalty_with_the_outcome_on_the_last_token():
+    """Ziegler et al.: r_t = -β·k(behav, ref)_t, the outcome added at the EOS token; the sequence reward is the sum."""
+    from xxpo_lab.advantages import shaped_rewards
+
+    b = make_batch([1.0, 0.0], lengths=[3, 2], T=3)
+    b = replace(b, behav_logp=torch.tensor([[-0.5, -1.0, -0.2], [-0.3, -0.7, -9.0]], dtype=F64),
+                ref_logp=torch.tensor([[-0.7, -1.0, -0.1], [-0.3, -0.2, -9.0]], dtype=F64))
+    k1 = (b.behav_logp - b.ref_logp) * b.mask  # [[0.2, 0, -0.1], [0, -0.5, 0 (padding)]]
+    seq, tok = shaped_rewards(b, replace(CFG, beta=0.5, kl_in="reward", kl_estimator="k1"))
+    check(tok, [[-0.1, 0.0, 1.0 + 0.05], [0.0, 0.25, 0.0]])
+    check(seq, [1.0 - 0.5 * 0.1, 0.0 + 0.5 * 0.5])
+    check(seq, (tok * b.mask).sum(-1))
+    check(k1.sum(-1), [0.1, -0.5])
+    seq_off, tok_off = shaped_rewards(b, replace(CFG, beta=0.5, kl_in="loss", kl_estimator="k1"))
+    check(seq_off, [1.0, 0.0])  # with the KL in the loss, the reward is the outcome alone
+    check(tok_off, [[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])

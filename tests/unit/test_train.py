@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from xxpo_lab import LOSSES, NonFiniteError, StoreError, train
+from xxpo_lab import LOSSES, Config, NonFiniteError, StoreError, train
 from xxpo_lab.config import resolve
 from xxpo_lab.runs import run_key
 
@@ -77,6 +77,16 @@ def test_the_cache_key_follows_config_device_and_source(tiny, monkeypatch):
     assert run_key(cfg, torch.device("cuda")) != key
     monkeypatch.setattr("xxpo_lab.runs.source_hash", lambda: "edited-source")
     assert run_key(cfg, torch.device("cpu")) != key
+
+
+def test_the_source_hash_sees_code_but_not_docstrings_or_comments():
+    from xxpo_lab.store import _code_of
+
+    code = 'class C:\n    x: int = 1\n    """doc of x"""\n\ndef f(a):\n    """Doc."""\n    return a + 1  # add\n'
+    assert _code_of(code) == _code_of(code.replace("doc of x", "new doc").replace("Doc.", "").replace("# add", ""))
+    assert _code_of(code) == _code_of(code.replace("    return a + 1", "\n    return (a\n            + 1)"))
+    assert _code_of(code) != _code_of(code.replace("a + 1", "a + 2"))
+    assert _code_of(code) != _code_of(code.replace("x: int = 1", "x: int = 2"))
 
 
 def test_a_corrupt_cache_entry_is_an_error_not_a_retrain(tiny, tmp_path, monkeypatch):
@@ -189,3 +199,37 @@ def test_pass_rate_counts_and_warm_start_min_steps(tiny, tmp_path, monkeypatch):
     assert (counts.sum(axis=1) - 1).abs().max() < 1e-6
     assert (hist["adv/zero_std_frac"] - counts.iloc[:, [0, -1]].sum(axis=1)).abs().max() < 1e-6
     assert hist.attrs["warm_start"]["steps"] >= 60
+
+
+def test_overlong_shaping_is_dapos_linear_ramp_over_the_last_tokens():
+    """DAPO eq. 13: no penalty up to T_max - buffer, then a ramp to -penalty at T_max; reward_offset is added."""
+    cfg = resolve(Config(T_max=10, overlong_buffer=4, overlong_penalty=1.0, reward_offset=0.5))
+    correct = torch.tensor([True, True, False, True, False])
+    lengths = torch.tensor([5, 6, 8, 10, 9])
+    reward = train_module._shaped_reward(correct, lengths, cfg)
+    torch.testing.assert_close(reward, torch.tensor([1.5, 1.5, 0.5 - 0.5, 1.5 - 1.0, 0.5 - 0.75]))
+    plain = train_module._shaped_reward(correct, lengths, replace(cfg, overlong_buffer=0, reward_offset=0.0))
+    torch.testing.assert_close(plain, correct.float())
+
+
+def test_overlong_shaping_lowers_the_logged_reward_below_the_pass_rate(tiny):
+    hist = train(replace(tiny, T_max=5, overlong_buffer=2, overlong_penalty=1.0), progress=False, cache=False)
+    steps = hist.dropna(subset=["reward/mean"])
+    assert (steps["reward/mean"] <= steps["reward/correct_frac"] + 1e-9).all()
+    assert (steps["reward/mean"] < steps["reward/correct_frac"] - 1e-3).any()  # responses reach the ramp
+    base = train(tiny, progress=False, cache=False).dropna(subset=["reward/mean"])
+    assert (base["reward/mean"] == base["reward/correct_frac"]).all()
+
+
+@pytest.mark.parametrize("kl_in, estimator, beta", [("loss", "k3", 1.0), ("reward", "k1", 3.0)])
+def test_a_kl_penalty_logs_the_drift_from_the_reference_and_holds_it_back(tiny, kl_in, estimator, beta):
+    """With beta > 0 the frozen reference is the start policy: kl/ref_k3 starts at 0, grows, and a strong
+    beta keeps it below a negligible one (same seed, same samples at step 0). GRPO's k3 in the loss and
+    PPO-RLHF's k1 in the reward (ALGORITHMS.md §0.4)."""
+    fast = replace(tiny, steps=6, lr=3e-3, kl_in=kl_in, kl_estimator=estimator)
+    weak = train(replace(fast, beta=1e-6), progress=False, cache=False)["kl/ref_k3"].dropna()
+    strong = train(replace(fast, beta=beta), progress=False, cache=False)["kl/ref_k3"].dropna()
+    assert weak.iloc[0] == 0.0 and strong.iloc[0] == 0.0
+    assert weak.iloc[-1] > 0.01
+    assert strong.sum() < 0.9 * weak.sum()
+    assert "kl/ref_k3" not in train(tiny, progress=False, cache=False)  # no reference without a penalty
