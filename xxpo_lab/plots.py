@@ -166,3 +166,33 @@ def grad_snr(table: pd.DataFrame, x: str = "G", by: str = "adv", metric: str = "
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def per_value(table: pd.DataFrame, x: str, metrics, by: str | None = None, order: list | None = None,
+              title: str | None = None):
+    """Every position of a sweep side by side: one panel per metric, one dot per seed and the mean over seeds
+    joined by a line (one line per `by` group), against the swept value `x` (categorical, in `order`).
+    `table` has one row per (x, by, seed) with the metrics as columns: the static companion of a slider."""
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    values = list(order) if order is not None else sorted(table[x].unique())
+    groups = list(dict.fromkeys(table[by])) if by else [None]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.3 * len(metrics), 3.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for color, g in zip(COLORS, groups):
+            part = table if g is None else table[table[by] == g]
+            means = []
+            for i, v in enumerate(values):
+                seeds = part.loc[part[x] == v, metric].dropna()
+                ax.scatter(np.full(len(seeds), i), seeds.values, color=color if by else "black", s=12, alpha=0.6,
+                           zorder=3)
+                means.append(seeds.mean())
+            ax.plot(range(len(values)), means, "o-", color=color, ms=6, lw=1.5,
+                    label=str(g) if by else "mean over seeds")
+        ax.set_xticks(range(len(values)), [str(v) for v in values])
+        ax.set_xlabel(x)
+        ax.set_title(metric)
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
