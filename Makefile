@@ -83,7 +83,8 @@ sync: setup
 	$(PY) chapters/_sync.py
 
 bench: setup
-	$(PY) benchmarks/bench_step.py
+	$(PY) benchmarks/bench_step.py --steps 40 --rounds 6 --out benchmarks/results.json
+	$(PY) benchmarks/bench_scaling.py --steps 20 --rounds 4 --out benchmarks/scaling.json
 
 clean:
 	rm -rf _build
