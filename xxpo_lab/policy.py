@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -22,6 +23,19 @@ from xxpo_lab.tasks import Problem, Task, char_tokenizer, make_task
 
 N_POSITIONS = 160
 """Positions of the built GPT-2 (prompt + response); the config caps T_max well below it."""
+
+
+@contextmanager
+def cpu_threads(n: int | None):
+    """Run the block with torch using `n` CPU threads (None: leave it). The thread count changes the order
+    of float sums, so runs meant to be comparable bit for bit use the same count."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def pick_device(preference: str | None = None) -> torch.device:
@@ -115,6 +129,8 @@ def make_policy(cfg, device=None, use_cache: bool = True):
     """The warm-started policy for `cfg` and its tokenizer, from the cache when it is there.
 
     Returns (model, tokenizer, info) with info = {'steps', 'accuracy', 'seconds', 'key'} of the warm start.
+    On the CPU the warm start is computed with one thread, wherever it runs (a notebook, a parallel worker,
+    the CLI), so the same key always holds the same weights.
     """
     from xxpo_lab.config import resolve
 
@@ -134,7 +150,8 @@ def make_policy(cfg, device=None, use_cache: bool = True):
         check_meta(saved.get("meta", {}), {"key": key}, path, "warm start")
         model.load_state_dict(saved["state_dict"])
         return model, tokenizer, saved["meta"]["info"]
-    info = warm_start(model, tokenizer, cfg, device) | {"key": key}
+    with cpu_threads(1 if device.type == "cpu" else None):
+        info = warm_start(model, tokenizer, cfg, device) | {"key": key}
     if use_cache:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         save_torch({"state_dict": state, "meta": {"key": key, "spec": str(spec), "info": info}}, path)

@@ -1,8 +1,9 @@
 """Finished runs: the on-disk run cache, and running many configs (seeds, sweeps) in parallel.
 
 A History is a pandas DataFrame with one row per step and `.attrs` holding the resolved config, the
-warm start's record, the run key and the device. The cache key covers the full config, the device and
-a hash of the package source, so a change of code that can change a run's numbers changes the key.
+warm start's record, the run key, the device and the CPU thread count. The cache key covers the full
+config, the device, the thread count on the CPU and a hash of the package source, so a change of code that
+can change a run's numbers changes the key.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from xxpo_lab.config import Config, resolve, sized, to_dict
-from xxpo_lab.policy import WARM_FIELDS, make_policy, pick_device
+from xxpo_lab.policy import WARM_FIELDS, cpu_threads, make_policy, pick_device
 from xxpo_lab.store import (
     StoreError,
     atomic_write,
@@ -31,9 +32,12 @@ from xxpo_lab.store import (
 History = pd.DataFrame
 
 
-def run_key(cfg: Config, device) -> str:
-    """The cache key of a run: resolved config, device type and package source."""
-    return key_of({"config": to_dict(cfg), "device": getattr(device, "type", str(device)), "source": source_hash()})
+def run_key(cfg: Config, device, threads: int) -> str:
+    """The cache key of a run: resolved config, device type, CPU thread count (on the CPU only: it changes
+    the order of float sums) and package source."""
+    device = getattr(device, "type", str(device))
+    return key_of({"config": to_dict(cfg), "device": device, "threads": threads if device == "cpu" else None,
+                   "source": source_hash()})
 
 
 def _paths(key: str) -> tuple[Path, Path]:
@@ -98,14 +102,17 @@ def _call(job):
 def parallel_map(fn, jobs: list[dict], workers: int | None = None, progress: bool = True, desc: str = "") -> list:
     """[fn(**job) for job in jobs], `workers` processes at a time (spawned; 1 thread each).
 
-    fn must be importable (a module-level function). Scripts that call this need the usual
-    `if __name__ == "__main__":` guard; notebooks do not.
+    On the CPU every job runs with one thread, in a worker or (one job, or workers=1) in this process, so a
+    job's numbers do not depend on how many jobs ran with it. fn must be importable (a module-level
+    function). Scripts that call this need the usual `if __name__ == "__main__":` guard; notebooks do not.
     """
     from tqdm.auto import tqdm
 
-    workers = workers or (1 if pick_device().type == "cuda" else min(2, os.cpu_count() or 1))
+    on_cpu = pick_device().type == "cpu"
+    workers = workers or (min(2, os.cpu_count() or 1) if on_cpu else 1)
     if workers == 1 or len(jobs) == 1:
-        return [fn(**job) for job in tqdm(jobs, disable=not progress, desc=desc)]
+        with cpu_threads(1 if on_cpu else None):
+            return [fn(**job) for job in tqdm(jobs, disable=not progress, desc=desc)]
     before = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"  # read by the workers' OpenMP at start-up: no second thread spinning
     try:
@@ -124,13 +131,13 @@ def run_many(cfgs: list[Config], workers: int | None = None, progress: bool = Tr
     from xxpo_lab.train import train
 
     device = pick_device()
-    found = [load_run(run_key(resolve(sized(c)), device)) for c in cfgs]
+    found = [load_run(run_key(resolve(sized(c)), device, 1)) for c in cfgs]
     missing = [c for c, h in zip(cfgs, found) if h is None]
     if missing:
         warm = {tuple(getattr(c, f) for f in WARM_FIELDS): c for c in map(sized, missing)}
         for cfg in warm.values():
             make_policy(cfg, device)  # each warm start trains once, before the workers would race for it
-        done = parallel_map(train, [{"cfg": c, "progress": False} for c in missing], workers, progress,
+        done = parallel_map(train, [{"cfg": c, "progress": False, "threads": 1} for c in missing], workers, progress,
                             desc=f"{len(missing)} runs")
         results = iter(done)
         found = [h if h is not None else next(results) for h in found]

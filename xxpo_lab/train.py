@@ -18,7 +18,6 @@ import resource
 import time
 from collections import deque
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from xxpo_lab.batch import Batch, group_rows
 from xxpo_lab.config import Config, resolve, sized, to_dict
 from xxpo_lab.critic import make_critic, prompt_value_loss, value_loss
 from xxpo_lab.losses import get_loss
-from xxpo_lab.policy import accuracy, encode_prompts, make_policy, pick_device, token_logp
+from xxpo_lab.policy import accuracy, cpu_threads, encode_prompts, make_policy, pick_device, token_logp
 from xxpo_lab.rollout import sample, score
 from xxpo_lab.runs import History, load_run, run_key, save_run
 from xxpo_lab.store import check_meta, load_torch, save_torch
@@ -82,14 +81,16 @@ def train(cfg: Config, *, progress: bool = True, cache: bool = True, device: str
     (`config.resolve`). With `cache`, a finished run with the same config, device and package source is
     loaded instead of retrained. With `checkpoint_dir`, a checkpoint is written every `checkpoint_every`
     steps and an existing one is resumed; the resumed run ends identical to an uninterrupted one.
-    `callback(row)` is called after every step (live plots). `threads` sets torch's CPU threads.
+    `callback(row)` is called after every step (live plots). `threads` sets torch's CPU threads (default:
+    torch's current count); it is part of the cache key on the CPU, as it changes the order of float sums.
     """
     cfg = resolve(sized(cfg))
     device = pick_device(device)
-    key = run_key(cfg, device)
+    threads = threads or torch.get_num_threads()
+    key = run_key(cfg, device, threads)
     if cache and (hist := load_run(key)) is not None:
         return hist
-    with _threads(threads):
+    with cpu_threads(threads):
         state = _setup(cfg, device)
         ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
         if ckpt is not None and ckpt.exists():
@@ -388,16 +389,8 @@ def _restore(state: State, path: Path, key: str) -> None:
 
 def _history(state: State, key: str) -> History:
     hist = pd.DataFrame(state.rows)
-    hist.attrs = {"config": to_dict(state.cfg), "warm_start": state.warm, "key": key, "device": state.device.type}
+    hist.attrs = {"config": to_dict(state.cfg), "warm_start": state.warm, "key": key, "device": state.device.type,
+                  "threads": torch.get_num_threads()}
     return hist
 
 
-@contextmanager
-def _threads(n: int | None):
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -70,13 +70,44 @@ def test_run_cache_returns_the_stored_run_without_training(tiny, monkeypatch):
     pd.testing.assert_frame_equal(_steady(first), _steady(retrained))
 
 
-def test_the_cache_key_follows_config_device_and_source(tiny, monkeypatch):
+def test_the_cache_key_follows_config_device_threads_and_source(tiny, monkeypatch):
     cfg = resolve(tiny)
-    key = run_key(cfg, torch.device("cpu"))
-    assert run_key(replace(cfg, lr=1e-3), torch.device("cpu")) != key
-    assert run_key(cfg, torch.device("cuda")) != key
+    key = run_key(cfg, torch.device("cpu"), 1)
+    assert run_key(replace(cfg, lr=1e-3), torch.device("cpu"), 1) != key
+    assert run_key(cfg, torch.device("cuda"), 1) != key
+    assert run_key(cfg, torch.device("cpu"), 2) != key  # the thread count changes float sums on the CPU
+    assert run_key(cfg, torch.device("cuda"), 1) == run_key(cfg, torch.device("cuda"), 2)  # but not on CUDA
     monkeypatch.setattr("xxpo_lab.runs.source_hash", lambda: "edited-source")
-    assert run_key(cfg, torch.device("cpu")) != key
+    assert run_key(cfg, torch.device("cpu"), 1) != key
+
+
+def test_a_run_is_the_same_in_a_parallel_worker_and_in_this_process(tiny, tmp_path, monkeypatch):
+    """run_many trains with one thread wherever it runs, and the warm start is one-threaded too, so a
+    chapter's numbers do not depend on which runs happened to be cached (spawned workers)."""
+    from xxpo_lab.policy import cpu_threads
+    from xxpo_lab.runs import run_many
+
+    monkeypatch.setenv("XXPO_CACHE", str(tmp_path))  # cold: the warm start and both runs are computed here
+    cfgs = [replace(tiny, n_embd=64, seed=s) for s in (21, 22, 23)]  # wide enough for 2 threads to split sums
+    in_workers = run_many(cfgs[:2], workers=2, progress=False)
+    alone = run_many(cfgs[2:], progress=False)  # one missing run: trained in this process
+    with cpu_threads(2):
+        for cfg, hist in zip(cfgs, in_workers + alone):
+            here = train(cfg, progress=False, cache=False, threads=1)
+            pd.testing.assert_frame_equal(_steady(hist), _steady(here))
+            assert hist.attrs["threads"] == 1
+        assert not _steady(train(cfgs[2], progress=False, cache=False)).equals(_steady(alone[0]))  # 2 threads
+
+
+def test_the_warm_start_has_the_same_weights_whatever_the_callers_thread_count(tiny):
+    from xxpo_lab.policy import cpu_threads, make_policy
+
+    weights = []
+    for n in (1, 2):  # a raw warm_start differs between these two (float sums in another order)
+        with cpu_threads(n):
+            model, _, _ = make_policy(tiny, torch.device("cpu"), use_cache=False)
+        weights.append(model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_the_source_hash_sees_code_but_not_docstrings_or_comments():
@@ -95,7 +126,7 @@ def test_a_corrupt_cache_entry_is_an_error_not_a_retrain(tiny, tmp_path, monkeyp
     monkeypatch.setenv("XXPO_CACHE", str(tmp_path))  # this test breaks its cache on purpose
     cfg = replace(tiny, seed=12)
     train(cfg, progress=False)
-    table, _ = _paths(run_key(resolve(cfg), torch.device("cpu")))
+    table, _ = _paths(run_key(resolve(cfg), torch.device("cpu"), torch.get_num_threads()))
     table.write_bytes(b"not parquet")
     with pytest.raises(StoreError, match=r"(?s)cannot be read.*Delete both files, or pass cache=False"):
         train(cfg, progress=False)
