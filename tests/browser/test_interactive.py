@@ -15,6 +15,16 @@ def _trace(page, name: str, axis: str) -> int:
                                                               && t.fill !== 'tozeroy')""")
 
 
+def _shoot(page, element, name: str) -> None:
+    """Screenshot of a whole figure under the test's output folder: a viewport tall enough for all of it,
+    scrolled so that the page's sticky header does not cover its top (legend included)."""
+    page.set_viewport_size({"width": 1280, "height": 1600})
+    page.evaluate("(el) => window.scrollTo(0, el.getBoundingClientRect().top + window.scrollY - 100)", element)
+    page.wait_for_timeout(200)
+    ARTIFACTS.mkdir(exist_ok=True)
+    element.screenshot(path=str(ARTIFACTS / name))
+
+
 def _slider_click(page, slider: int, fraction: float) -> None:
     """Click slider number `slider` at a fraction of its rail, as a reader would."""
     rail = page.query_selector_all(".slider-container .slider-rail-rect")[slider]
@@ -31,15 +41,13 @@ def test_explorer_slider_moves_the_curve(open_page):
     ppo = _trace(page, "ppo", "y")
     assert ppo >= 0
     graph = page.query_selector(".plotly-graph-div")
-    graph.scroll_into_view_if_needed()
-    ARTIFACTS.mkdir(exist_ok=True)
-    graph.screenshot(path=str(ARTIFACTS / "explorer_before.png"))
+    _shoot(page, graph, "explorer_before.png")
     before = page.evaluate(f"() => Array.from({GD}.data[{ppo}].y)")
     # eps_high (the second slider) to its first position, 0.0003: PPO's A > 0 objective flattens at 1.0003
     sliders = page.evaluate(f"() => {GD}.layout.sliders.map(s => s.name)")
     _slider_click(page, sliders.index("eps_high"), 0.01)
     after = page.evaluate(f"() => Array.from({GD}.data[{ppo}].y)")
-    graph.screenshot(path=str(ARTIFACTS / "explorer_after.png"))
+    _shoot(page, graph, "explorer_after.png")
     assert before[-1] == pytest.approx(1.2) and after[-1] == pytest.approx(1.0003)
     assert page.evaluate(f"() => {GD}.layout.sliders[{sliders.index('eps_high')}].active") == 0
     # SAPO's A < 0 curve follows tau_neg and nothing else
@@ -77,7 +85,5 @@ def test_sweep_sliders_switch_between_real_runs(open_page, path):
         title_after = page.evaluate(f"() => {gd}.layout.title.text")
         assert visible_after != visible_before and sum(map(bool, visible_after)) > 0, f"{path}: {param} slider"
         assert title_after != title_before and param in title_after
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.query_selector_all(".plotly-graph-div")[figures[-1][0]].screenshot(
-        path=str(ARTIFACTS / f"sweep_{path.split('/')[-1]}.png"))
+    _shoot(page, page.query_selector_all(".plotly-graph-div")[figures[-1][0]], f"sweep_{path.split('/')[-1]}.png")
     assert errors == []
