@@ -191,6 +191,7 @@ def sized(cfg: Config) -> Config:
         grad_stats_k=min(cfg.grad_stats_k, 4),
         grad_stats_every=cfg.grad_stats_every and max(1, cfg.grad_stats_every // 10),
         warm_start_acc=min(cfg.warm_start_acc, 0.2),
+        warm_start_min_steps=cfg.warm_start_min_steps // 10,
     )
 
 

@@ -65,10 +65,12 @@ def test_every_field_is_documented():
 
 
 def test_fast_mode_shrinks_sizes_only(monkeypatch):
-    cfg = Config(steps=200, P=16, minibatches=4)
+    cfg = Config(steps=200, P=16, minibatches=4, warm_start_min_steps=300)
     assert sized(cfg) == cfg
     monkeypatch.setenv("XXPO_FAST", "1")
     small = sized(cfg)
     assert small.steps == 20 and small.P == 8 and small.P % small.minibatches == 0
+    assert small.warm_start_min_steps == 30
     assert replace(small, steps=cfg.steps, P=cfg.P, eval_prompts=cfg.eval_prompts, eval_every=cfg.eval_every,
-                   grad_stats_k=cfg.grad_stats_k, warm_start_acc=cfg.warm_start_acc) == cfg
+                   grad_stats_k=cfg.grad_stats_k, warm_start_acc=cfg.warm_start_acc,
+                   warm_start_min_steps=cfg.warm_start_min_steps) == cfg
