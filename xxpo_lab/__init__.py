@@ -11,13 +11,14 @@ __version__ = "0.1.0"
 from xxpo_lab.advantages import ADVANTAGES
 from xxpo_lab.config import Config, ConfigError, field_docs, pick, resolve, sized
 from xxpo_lab.diagnostics import GLOSSARY
+from xxpo_lab.loop import NonFiniteError
 from xxpo_lab.losses import LOSSES
-from xxpo_lab.runs import History, compare, run_many
+from xxpo_lab.runs import History, compare, run_many, train
 from xxpo_lab.store import StoreError
+from xxpo_lab.tables import summary, updates
 from xxpo_lab.tasks import TASKS, make_task
-from xxpo_lab.train import NonFiniteError, train
 
 __all__ = [
     "ADVANTAGES", "GLOSSARY", "LOSSES", "TASKS", "Config", "ConfigError", "History", "NonFiniteError", "StoreError",
-    "compare", "field_docs", "make_task", "pick", "resolve", "run_many", "sized", "train",
+    "compare", "field_docs", "make_task", "pick", "resolve", "run_many", "sized", "summary", "train", "updates",
 ]

@@ -32,6 +32,19 @@ class Batch:
     values: Tensor | None = None  # [B, T] (token critic) or [B] (prompt critic), at sampling time
     value_target: Tensor | None = None  # what the critic regresses on: returns [B, T] or reward [B]
 
+    @classmethod
+    def of(cls, mask: Tensor, **fields) -> Batch:
+        """A Batch around a response mask [B, T], for code without real prompts (tests, the loss explorer,
+        toy policies). Prompt and token ids are dummies, which no loss or advantage reads; behav_logp
+        defaults to 0 (of the mask's dtype), lengths to the mask's row sums, truncated and version to 0.
+        Any field can be given; a name that is not a field is a TypeError naming it."""
+        B, T = mask.shape
+        defaults = {"prompt_ids": torch.zeros(B, 1, dtype=torch.long), "prompt_mask": torch.ones(B, 1, dtype=torch.long),
+                    "resp_ids": torch.zeros(B, T, dtype=torch.long), "behav_logp": torch.zeros(B, T, dtype=mask.dtype),
+                    "lengths": mask.sum(-1).long(), "truncated": torch.zeros(B, dtype=torch.bool),
+                    "version": torch.zeros(B, dtype=torch.long)}
+        return cls(mask=mask, **(defaults | fields))
+
     @property
     def B(self) -> int:
         return self.resp_ids.shape[0]
@@ -42,6 +55,26 @@ class Batch:
 
     def to(self, device) -> Batch:
         return replace(self, **{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
+
+
+def concat(parts: list[Batch], pad_id: int) -> Batch:
+    """Stack batches of groups into one: prompts left-padded, responses right-padded to common lengths."""
+    L = max(p.prompt_ids.shape[1] for p in parts)
+    T = max(p.resp_ids.shape[1] for p in parts)
+
+    def pad(x, value, left=False):
+        missing = (L if left else T) - x.shape[1]
+        return torch.nn.functional.pad(x, (missing, 0) if left else (0, missing), value=value)
+
+    return Batch(
+        prompt_ids=torch.cat([pad(p.prompt_ids, pad_id, left=True) for p in parts]),
+        prompt_mask=torch.cat([pad(p.prompt_mask, 0, left=True) for p in parts]),
+        resp_ids=torch.cat([pad(p.resp_ids, pad_id) for p in parts]),
+        mask=torch.cat([pad(p.mask, 0.0) for p in parts]),
+        behav_logp=torch.cat([pad(p.behav_logp, 0.0) for p in parts]),
+        **{name: torch.cat([getattr(p, name) for p in parts])
+           for name in ("lengths", "truncated", "version", "reward", "correct")},
+    )
 
 
 def _take(x, idx):

@@ -80,12 +80,11 @@ def cmd_losses(args) -> int:
 
 
 def cmd_train(args) -> int:
-
     from xxpo_lab import plots
-    from xxpo_lab.train import train
+    from xxpo_lab.runs import train
 
     cfg = config_from_args(args)
-    out = Path(args.out)
+    out = Path(args.out or f"runs/{cfg.loss}-{cfg.task}-seed{cfg.seed}")
     out.mkdir(parents=True, exist_ok=True)
     hist = train(cfg, progress=not args.no_progress, cache=not args.no_cache, device=args.device,
                  checkpoint_dir=out if args.checkpoint_every else None, checkpoint_every=args.checkpoint_every)
@@ -110,7 +109,7 @@ def cmd_compare(args) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     base = config_from_args(args)
     configs = {name: replace(base, loss=name) for name in losses}  # validates each loss name
-    out = Path(args.out)
+    out = Path(args.out or f"runs/compare-{'-'.join(losses)}-{base.task}")
     out.mkdir(parents=True, exist_ok=True)
     table = compare(configs, seeds=seeds, workers=args.workers, progress=not args.no_progress)
     _write_table(table, out / f"metrics.{args.format}")
@@ -126,12 +125,13 @@ def cmd_compare(args) -> int:
 
 
 def summarize(table):
-    """Per run: held-out accuracy at the start and the end and its mean over training, mean and std over seeds."""
-    ev = table.dropna(subset=["eval/accuracy"])
-    per_seed = ev.groupby(["run", "seed"], sort=False)["eval/accuracy"].agg(
-        start="first", end="last", auc=lambda s: s.iloc[1:].mean())
+    """Per run: held-out accuracy at the start, at the end and its mean over training, and the time per step;
+    mean and standard deviation over seeds (`tables.summary`, one row per run and seed, averaged)."""
+    from xxpo_lab.tables import summary
+
+    per_seed = summary(table).set_index("run")[["start", "end", "mean", "step_ms"]]
     out = per_seed.groupby("run", sort=False).agg(["mean", "std"])
-    out.columns = [f"eval/accuracy {a} ({b})" for a, b in out.columns]
+    out.columns = [f"eval/accuracy {a} ({b})" if a != "step_ms" else f"ms per step ({b})" for a, b in out.columns]
     out["seeds"] = per_seed.groupby("run", sort=False).size()
     return out
 
@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_losses)
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--out", required=True, help="output folder (created if missing)")
+    common.add_argument("--out", default=None, help="output folder, created if missing (default: runs/<loss>-<task>-seed<seed> "
+                        "for train, runs/compare-<losses>-<task> for compare)")
     common.add_argument("--format", choices=["csv", "parquet"], default="csv", help="format of the metrics table")
     common.add_argument("--no-cache", action="store_true", help="retrain even if this run is in the run cache")
     common.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ast
 import inspect
+import math
 import os
+import typing
 from dataclasses import asdict, dataclass, fields, replace
 from functools import cache
 
@@ -128,16 +130,17 @@ class Config:
     overlong_penalty: float = 1.0
     """Reward lost by a response that reaches T_max under the soft overlong punishment."""
     mask_truncated: bool = False
-    """Truncated responses get zero loss weight (DAPO's overlong filtering)."""
+    """Truncated responses get zero loss weight (DAPO's overlong filtering). Per-sequence aggregations still divide by B,
+    as verl's trainer does (its global batch size), so their rows count as zeros."""
     # ---------------------------------------------------------------- measurement
     eval_every: int = 25
     """Held-out accuracy every this many steps (before the step: the policy that samples it) and after the last step."""
     eval_prompts: int = 256
     """Held-out prompts per evaluation (one sample each, at the training temperature)."""
     grad_stats_every: int = 0
-    """Every this many steps, gradient variance and SNR from grad_stats_k fresh batches at fixed parameters (0: off)."""
-    grad_stats_k: int = 8
-    """Independent batches used by the gradient statistics."""
+    """Every this many steps, gradient variance and SNR from grad_stats_batches fresh batches at fixed parameters (0: off)."""
+    grad_stats_batches: int = 8
+    """Independent batches M used by the gradient statistics."""
     seed: int = 0
     """RL seed: prompts, sampling and minibatch order."""
 
@@ -188,7 +191,7 @@ def sized(cfg: Config) -> Config:
         P=max(cfg.minibatches, min(cfg.P, 8) // cfg.minibatches * cfg.minibatches),
         eval_prompts=min(cfg.eval_prompts, 64),
         eval_every=max(1, cfg.eval_every // 10),
-        grad_stats_k=min(cfg.grad_stats_k, 4),
+        grad_stats_batches=min(cfg.grad_stats_batches, 4),
         grad_stats_every=cfg.grad_stats_every and max(1, cfg.grad_stats_every // 10),
         warm_start_acc=min(cfg.warm_start_acc, 0.2),
         warm_start_min_steps=cfg.warm_start_min_steps // 10,
@@ -212,11 +215,38 @@ def _one_of(name: str, value, names) -> None:
         _fail(name, value, "must be one of " + ", ".join(sorted(names)))
 
 
+def _check_types(cfg: Config) -> None:
+    """Each field holds its annotated type: ints are ints (not 2.5, not True, not "16"), floats are finite numbers."""
+    for f in fields(cfg):
+        value, kinds = getattr(cfg, f.name), _kinds(f.name)
+        if value is None and type(None) in kinds:
+            continue
+        if bool in kinds:
+            ok = isinstance(value, bool)
+        elif float in kinds:
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        elif int in kinds:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            names = " or ".join("None" if k is type(None) else ("a finite " if k is float else "an " if k is int else "a ")
+                                + k.__name__ for k in kinds)
+            _fail(f.name, value, f"must be {names}")
+
+
+@cache
+def _kinds(name: str) -> tuple[type, ...]:
+    hint = typing.get_type_hints(Config)[name]
+    return typing.get_args(hint) or (hint,)
+
+
 def _validate(cfg: Config) -> None:
     from xxpo_lab.advantages import ADVANTAGES
     from xxpo_lab.losses import LOSSES
     from xxpo_lab.tasks import TASKS, make_task
 
+    _check_types(cfg)
     _one_of("task", cfg.task, TASKS)
     _one_of("loss", cfg.loss, LOSSES)
     if cfg.adv is not None:
@@ -226,7 +256,7 @@ def _validate(cfg: Config) -> None:
     if cfg.difficulty is not None and cfg.difficulty < 1:
         _fail("difficulty", cfg.difficulty, "must be an integer >= 1 (or None for the task's default)")
     positive_ints = ("n_layer", "n_head", "n_embd", "warm_start_max_steps", "P", "G", "T_max",
-                     "steps", "epochs", "minibatches", "eval_every", "eval_prompts", "grad_stats_k", "max_refill")
+                     "steps", "epochs", "minibatches", "eval_every", "eval_prompts", "grad_stats_batches", "max_refill")
     for name in positive_ints:
         if getattr(cfg, name) < 1:
             _fail(name, getattr(cfg, name), "must be an integer >= 1")
@@ -264,11 +294,20 @@ def _validate(cfg: Config) -> None:
               f"must divide P = {cfg.P} so that every minibatch holds whole groups")
     if cfg.overlong_buffer >= cfg.T_max:
         _fail("overlong_buffer", cfg.overlong_buffer, f"must be < T_max = {cfg.T_max}")
-    adv = cfg.adv if cfg.adv is not None else LOSSES[cfg.loss].defaults.get("adv", GLOBAL_DEFAULTS["adv"])
+    spec = LOSSES[cfg.loss]
+    for name, off in (("dual_clip_c", 0.0), ("behav_weight_cap", None)):
+        if getattr(cfg, name) != off and name not in spec.switches:
+            honoured = ", ".join(n for n, s in LOSSES.items() if name in s.switches)
+            _fail(name, getattr(cfg, name), f"loss {cfg.loss!r} does not use it (the losses that do: {honoured})")
+    adv = cfg.adv if cfg.adv is not None else spec.defaults.get("adv", GLOBAL_DEFAULTS["adv"])
+    per_token = adv == "gae" or (adv == "reinforce_pp" and (cfg.gamma < 1 or (cfg.beta > 0 and cfg.kl_in == "reward")))
+    if spec.seq_adv and per_token:
+        _fail("loss", cfg.loss, f"needs one advantage per sequence, but adv = {adv!r} (gamma = {cfg.gamma}, "
+              f"kl_in = {cfg.kl_in!r}) gives one per token; use loss='gspo_token', GSPO's form for per-token advantages")
     if adv in GROUP_ADVANTAGES and cfg.G < 2:
         _fail("G", cfg.G, f"must be >= 2 with the group baseline adv = {adv!r} (use adv='none', 'gae' or 'sppo' for G = 1)")
-    if cfg.grad_stats_k < 3:
-        _fail("grad_stats_k", cfg.grad_stats_k, "must be >= 3 (a variance and its jackknife need 3 batches)")
+    if cfg.grad_stats_batches < 3:
+        _fail("grad_stats_batches", cfg.grad_stats_batches, "must be >= 3 (a variance and its jackknife need 3 batches)")
     if adv == "sppo" and cfg.reward_offset != 0:
         _fail("reward_offset", cfg.reward_offset, "must be 0 with adv='sppo' (its critic predicts a success probability)")
     if cfg.dynamic_sampling and cfg.G < 2:

@@ -8,10 +8,13 @@ Per-update metrics are logged both as the mean over a step's updates and per upd
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import torch
 from torch import Tensor
 
 from xxpo_lab.batch import Batch
+from xxpo_lab.losses import LossInfo
 
 GLOSSARY = {
     "step": "Training step (one batch of P·G sampled responses).",
@@ -56,10 +59,10 @@ GLOSSARY = {
     "value/clip_frac": "Share of tokens where PPO's value clipping was the larger loss.",
     "value/explained_var": "Explained variance of the critic's values against its targets, at sampling time (1 perfect, 0 constant).",
     "grad/norm": "Policy gradient norm before clipping (mean over updates).",
-    "grad/mean_norm": "Gradient statistics: norm of the mean gradient ‖ḡ‖ over grad_stats_k fresh batches at fixed parameters.",
-    "grad/var": "Gradient statistics: total variance (1/(K-1)) Σ‖g_k - ḡ‖² of the per-batch gradient.",
-    "grad/snr": "Gradient statistics: signal-to-noise ratio ‖E g‖² / grad/var, debiased: (‖ḡ‖² - grad/var/K) / grad/var.",
-    "grad/snr_se": "Gradient statistics: standard error of grad/snr (jackknife over the K batches).",
+    "grad/mean_norm": "Gradient statistics: norm of the mean gradient ‖ḡ‖ over M = grad_stats_batches fresh batches at fixed parameters.",
+    "grad/var": "Gradient statistics: total variance (1/(M-1)) Σ_m ‖g_m - ḡ‖² of the per-batch gradient.",
+    "grad/snr": "Gradient statistics: signal-to-noise ratio ‖E g‖² / grad/var, debiased: (‖ḡ‖² - grad/var/M) / grad/var.",
+    "grad/snr_se": "Gradient statistics: standard error of grad/snr (jackknife over the M batches).",
     "time/sample": "Seconds spent sampling the step's responses (and re-sampling for dynamic sampling).",
     "time/score": "Seconds spent decoding and verifying responses.",
     "time/prox": "Seconds spent on the extra forward pass for π_prox (decoupled PPO only; A-3PO has none).",
@@ -104,55 +107,71 @@ def rollout_metrics(b: Batch, G: int) -> dict[str, float]:
     }
 
 
-def update_metrics(info: dict, logp: Tensor, b: Batch, entropy: Tensor) -> dict[str, float]:
-    """Clip fractions, ratio spread, drift and entropy of one update, from the loss's detached info."""
-    m = b.mask
-    logp = logp.detach()
-    out = {"entropy/mean": _mean(entropy.detach(), m)}
-    log_r = logp - b.behav_logp  # drift from the sampler
-    out["kl/k1"] = _mean(-log_r, m)
-    out["kl/k3"] = _mean(torch.exp(log_r) - 1 - log_r, m)
-    log_rp = logp - info.get("prox_logp", b.prox_logp)
-    out["kl/prox_k3"] = _mean(torch.exp(log_rp) - 1 - log_rp, m)
+def update_metrics(info: LossInfo, logp: Tensor, b: Batch, entropy: Tensor) -> dict[str, float]:
+    """Entropy, the drift from the sampler and from the proximal policy, and every field the loss reported."""
+    m, logp = b.mask, logp.detach()
+    out = {"entropy/mean": _mean(entropy.detach(), m), "kl/k1": _mean(b.behav_logp - logp, m),
+           "kl/k3": _k3(logp, b.behav_logp, m), "kl/prox_k3": _k3(logp, b.prox_logp, m)}
     if b.ref_logp is not None:
-        log_rho = b.ref_logp - logp
-        out["kl/ref_k3"] = _mean(torch.exp(log_rho) - 1 - log_rho, m)
-    ratio = info["ratio"]
-    valid = m > 0
-    r = ratio[valid]
-    out |= {"ratio/mean": r.mean().item(), "ratio/std": r.std().item() if r.numel() > 1 else 0.0,
-            "ratio/min": r.min().item(), "ratio/max": r.max().item(),
-            "ratio/ess": (r.sum() ** 2 / (r ** 2).sum() / r.numel()).item()}
-    if "clip_low" in info:
-        active = info["clip_low"] | info["clip_high"]
-        out |= {"clip/active_frac": _frac(active, m), "clip/low_frac": _frac(info["clip_low"], m),
-                "clip/high_frac": _frac(info["clip_high"], m),
-                "clip/out_of_band_frac": _frac(info["out_of_band"], m),
-                "clip/seq_active_frac": ((active & valid).any(-1).float().mean()).item()}
-    if "dual_clip" in info:
-        out["clip/dual_frac"] = _frac(info["dual_clip"], m)
-    if "is_weight" in info:
-        out["is/weight_max"] = info["is_weight"][valid].max().item()
-        out["is/masked_frac"] = _frac(info["is_masked"], m)
-    if "is_capped" in info:
-        out["is/capped_frac"] = _frac(info["is_capped"], m)
-    if "gate" in info:
-        out["gate/mean"] = _mean(info["gate"], m)
-        out["gate/low_frac"] = _frac(info["gate"] < 0.5, m)
+        out["kl/ref_k3"] = _k3(b.ref_logp, logp, m)
+    return out | loss_metrics(info, logp, m)
+
+
+def loss_metrics(info: LossInfo, logp: Tensor, mask: Tensor) -> dict[str, float]:
+    """Every field of a loss's LossInfo, reduced to the glossary's metrics (`LOSS_INFO_METRICS`)."""
+    out = {}
+    for f in fields(info):
+        if getattr(info, f.name) is not None:
+            out |= LOSS_INFO_METRICS[f.name](info, logp, mask)
     return out
 
 
-def grad_moments(grads: Tensor) -> dict[str, float]:
-    """Mean-gradient norm, total variance and SNR (with a standard error) of K gradients at fixed parameters.
+def _k3(logp: Tensor, anchor_logp: Tensor, mask: Tensor) -> float:
+    """Mean of r - 1 - log r with r = exp(logp - anchor_logp): the k3 estimate of KL(π‖anchor), ≥ 0."""
+    log_r = logp - anchor_logp
+    return _mean(torch.exp(log_r) - 1 - log_r, mask)
 
-    grads [K, D]: flattened gradients of K independent batches. var = (1/(K-1)) Σ‖g_k - ḡ‖² (the trace of
-    the covariance of one batch's gradient). ‖ḡ‖² overestimates ‖E g‖² by var/K, so the SNR is
-    debiased: snr = (‖ḡ‖² - var/K) / var, an estimate of ‖E g‖² / var. Its standard error is the
-    jackknife over the K batches. Only the SNR compares estimators whose advantages have different
+
+def _ratio_stats(info: LossInfo, logp: Tensor, m: Tensor) -> dict[str, float]:
+    r = info.ratio[m > 0]
+    return {"ratio/mean": r.mean().item(), "ratio/std": r.std().item() if r.numel() > 1 else 0.0,
+            "ratio/min": r.min().item(), "ratio/max": r.max().item(),
+            "ratio/ess": (r.sum() ** 2 / (r ** 2).sum() / r.numel()).item()}
+
+
+def _clip_stats(info: LossInfo, logp: Tensor, m: Tensor) -> dict[str, float]:
+    active = info.clip_low | info.clip_high  # LossInfo guarantees both
+    return {"clip/active_frac": _frac(active, m), "clip/low_frac": _frac(info.clip_low, m),
+            "clip/seq_active_frac": (active & (m > 0)).any(-1).float().mean().item()}
+
+
+LOSS_INFO_METRICS = {
+    "ratio": _ratio_stats,
+    "clip_low": _clip_stats,
+    "clip_high": lambda info, logp, m: {"clip/high_frac": _frac(info.clip_high, m)},
+    "out_of_band": lambda info, logp, m: {"clip/out_of_band_frac": _frac(info.out_of_band, m)},
+    "dual_clip": lambda info, logp, m: {"clip/dual_frac": _frac(info.dual_clip, m)},
+    "is_weight": lambda info, logp, m: {"is/weight_max": info.is_weight[m > 0].max().item()},
+    "is_masked": lambda info, logp, m: {"is/masked_frac": _frac(info.is_masked, m)},
+    "is_capped": lambda info, logp, m: {"is/capped_frac": _frac(info.is_capped, m)},
+    "gate": lambda info, logp, m: {"gate/mean": _mean(info.gate, m), "gate/low_frac": _frac(info.gate < 0.5, m)},
+    "prox_logp": lambda info, logp, m: {"kl/prox_k3": _k3(logp, info.prox_logp, m)},  # replaces the batch's anchor
+}
+"""How each field of LossInfo becomes metrics: (info, detached logp, mask) -> {glossary name: float}. A test
+checks that every field has an entry and every name is in GLOSSARY, so nothing a loss reports is dropped."""
+
+
+def grad_moments(grads: Tensor) -> dict[str, float]:
+    """Mean-gradient norm, total variance and SNR (with a standard error) of M gradients at fixed parameters.
+
+    grads [M, D]: flattened gradients of M independent batches. var = (1/(M-1)) Σ‖g_m - ḡ‖² (the trace of
+    the covariance of one batch's gradient). ‖ḡ‖² overestimates ‖E g‖² by var/M, so the SNR is
+    debiased: snr = (‖ḡ‖² - var/M) / var, an estimate of ‖E g‖² / var. Its standard error is the
+    jackknife over the M batches. Only the SNR compares estimators whose advantages have different
     units (z-scored vs mean-centred). Book: ch. 2.
     """
     assert grads.dim() == 2 and grads.shape[0] >= 3, grads.shape
-    K = grads.shape[0]
+    M = grads.shape[0]
 
     def snr(g: Tensor) -> Tensor:
         k = g.shape[0]
@@ -161,8 +180,8 @@ def grad_moments(grads: Tensor) -> dict[str, float]:
         return (mean.pow(2).sum() - var / k) / var.clamp(min=1e-30), mean, var
 
     value, mean, var = snr(grads)
-    leave_one_out = torch.stack([snr(torch.cat([grads[:i], grads[i + 1:]]))[0] for i in range(K)])
-    se = ((K - 1) / K * ((leave_one_out - leave_one_out.mean()) ** 2).sum()).sqrt()
+    leave_one_out = torch.stack([snr(torch.cat([grads[:i], grads[i + 1:]]))[0] for i in range(M)])
+    se = ((M - 1) / M * ((leave_one_out - leave_one_out.mean()) ** 2).sum()).sqrt()
     return {"grad/mean_norm": mean.norm().item(), "grad/var": var.item(), "grad/snr": value.item(),
             "grad/snr_se": se.item()}
 

@@ -33,6 +33,8 @@ PARAMS = {  # slider name -> (Config field, values, default index)
     "tau_neg": ("tau_neg", [0.5, 1.05, 2.0, 5.0, 10.0], 1),
     "length L": ("L", [1, 4, 16], 0),
 }
+SWITCHES = ("dual_clip_c",)
+"""Sliders that are a loss's optional switch (Loss.switches), not a parameter every loss reads."""
 SHOWN = ("pg", "ppo", "gspo", "sapo", "cispo", "gmpo")
 """Losses drawn when the explorer opens; the legend toggles the others."""
 
@@ -42,12 +44,8 @@ def loss_curves(name: str, sign: float, params: dict) -> tuple[np.ndarray, np.nd
     L = int(params.get("L", 1))
     fields = {k: v for k, v in params.items() if k != "L"}
     cfg = resolve(Config(loss=name, T_max=T_MAX, **fields))
-    zeros = torch.zeros(1, L, dtype=torch.float64)
-    b = Batch(prompt_ids=torch.zeros(1, 1, dtype=torch.long), prompt_mask=torch.ones(1, 1, dtype=torch.long),
-              resp_ids=torch.zeros(1, L, dtype=torch.long), mask=torch.ones(1, L, dtype=torch.float64),
-              behav_logp=zeros, lengths=torch.tensor([L]), truncated=torch.tensor([False]),
-              version=torch.zeros(1, dtype=torch.long), adv=torch.full((1, L), sign, dtype=torch.float64),
-              prox_logp=zeros, version_gap=torch.ones(1, dtype=torch.long))
+    b = Batch.of(torch.ones(1, L, dtype=torch.float64), adv=torch.full((1, L), sign, dtype=torch.float64),
+                 prox_logp=torch.zeros(1, L, dtype=torch.float64), version_gap=torch.ones(1, dtype=torch.long))
     fn = LOSSES[name].fn
 
     def objective(logp_tokens):  # [L] -> scalar
@@ -64,11 +62,14 @@ def _defaults() -> dict:
 
 
 def _dependencies(name: str, sign: float) -> list[str]:
-    """The sliders that change this loss's curves for this advantage sign (checked one at a time)."""
+    """The sliders that change this loss's curves for this advantage sign (checked one at a time; a switch
+    the loss does not honour, such as dual clip for SAPO, is not tried)."""
     base = _defaults()
     ref = loss_curves(name, sign, base)
     deps = []
     for slider, (field, values, _) in PARAMS.items():
+        if field in SWITCHES and field not in LOSSES[name].switches:
+            continue
         for v in values:
             cur = loss_curves(name, sign, base | {field: v})
             if not all(np.allclose(a, c, equal_nan=True) for a, c in zip(ref, cur)):

@@ -1,16 +1,17 @@
 """Every member of the family as a short composition: ratio × surrogate × aggregation.
 
-Each named loss has the signature `fn(logp, b, cfg) -> (loss, info)`: `logp` [B, T] are the current
-log-probs (with grad), `b` is the step's `Batch`, `cfg` the run's `Config`. `info` holds detached
-[B, T] tensors (ratio, clip masks, gates, weights) that `diagnostics.py` reduces to floats. Read two
-neighbours side by side: they differ by the line that is the idea. The registry `LOSSES` at the
-bottom uses TRL's `loss_type` spelling where one exists.
+Each named loss is a `LossFn`: `fn(logp, b, cfg) -> (loss, LossInfo)`. `logp` [B, T] are the current
+log-probs (with grad), `b` is the step's `Batch`, `cfg` the run's `Config`; `loss` is the scalar to
+minimise and `LossInfo` what the loss did to each token (detached [B, T] tensors: the ratio, clip masks,
+gates, weights), which `diagnostics.loss_metrics` reduces to the glossary's metrics, every field of it.
+Read two neighbours side by side: they differ by the line that is the idea. The registry `LOSSES` at
+the bottom uses TRL's `loss_type` spelling where one exists.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torch import Tensor
@@ -25,28 +26,71 @@ from xxpo_lab.blocks import (
     soft_gate,
     token_ratio,
 )
+from xxpo_lab.config import Config
+
+# -------------------------------------------------------------------------------------------------
+# the contract
+
+
+@dataclass(frozen=True)
+class LossInfo:
+    """What a loss did to each token: detached [B, T] tensors, each reduced to metrics by
+    `diagnostics.loss_metrics` (a field with no reduction there fails the tests). Book: appendix B."""
+
+    ratio: Tensor
+    """The ratio the surrogate acts on: π_θ/π_prox per token, or GSPO's sequence ratio broadcast along T."""
+    clip_low: Tensor | None = None
+    """bool: the clip zeroed this token's gradient from below (A < 0, r < 1 - eps_low)."""
+    clip_high: Tensor | None = None
+    """bool: the clip zeroed this token's gradient from above (A > 0, r > 1 + eps_high)."""
+    out_of_band: Tensor | None = None
+    """bool: r outside [1 - eps_low, 1 + eps_high], whatever the sign of A."""
+    dual_clip: Tensor | None = None
+    """bool: dual clip capped this token's loss at -c·A."""
+    is_weight: Tensor | None = None
+    """The detached importance weight π_prox/π_behav (decoupled PPO, A-3PO)."""
+    is_masked: Tensor | None = None
+    """bool: the token was dropped because its importance weight exceeded behav_weight_cap."""
+    is_capped: Tensor | None = None
+    """bool: the clipped IS weight hit a bound (CISPO; the token keeps its gradient)."""
+    gate: Tensor | None = None
+    """SAPO's gradient weight of the soft gate (1 at r = 1)."""
+    prox_logp: Tensor | None = None
+    """The anchor the loss built itself (A-3PO's interpolation), when it is not b.prox_logp."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and value.requires_grad:
+                raise ValueError(f"LossInfo.{f.name} carries a gradient; report it detached (.detach())")
+        if (self.clip_low is None) != (self.clip_high is None):
+            raise ValueError("LossInfo.clip_low and clip_high are reported together (clip/active_frac needs both)")
+
+
+LossFn = Callable[[Tensor, Batch, Config], tuple[Tensor, LossInfo]]
+"""(logp [B, T] with grad, the step's Batch, the run's Config) -> (scalar loss, LossInfo)."""
 
 
 def _check(logp: Tensor, b: Batch) -> None:
     assert logp.shape == b.mask.shape == b.adv.shape == b.prox_logp.shape, (logp.shape, b.mask.shape)
 
 
-def _kl(logp: Tensor, b: Batch, cfg) -> Tensor | float:
+def _kl(logp: Tensor, b: Batch, cfg: Config) -> Tensor | float:
     """GRPO-style KL term added to the per-token loss (when cfg.kl_in == 'loss')."""
     return kl_penalty(logp, b.ref_logp, cfg.beta, cfg.kl_estimator) if cfg.kl_in == "loss" else 0.0
 
 
-def _clip_info(ratio: Tensor, clip_low: Tensor, clip_high: Tensor, cfg, **extra) -> dict:
+def _clip_info(ratio: Tensor, clip_low: Tensor, clip_high: Tensor, cfg, **extra) -> LossInfo:
     out_of_band = (ratio < 1.0 - cfg.eps_low) | (ratio > 1.0 + cfg.eps_high)
-    return {"ratio": ratio.detach(), "clip_low": clip_low, "clip_high": clip_high,
-            "out_of_band": out_of_band.detach(), **extra}
+    return LossInfo(ratio=ratio.detach(), clip_low=clip_low, clip_high=clip_high, out_of_band=out_of_band.detach(),
+                    **extra)
 
 
 # -------------------------------------------------------------------------------------------------
 # REINFORCE and PPO
 
 
-def pg(logp: Tensor, b: Batch, cfg):
+def pg(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     """REINFORCE / importance-weighted policy gradient, no trust region: ℓ = -r·A, token-mean.
 
     r = π_θ/π_prox. On the first update of a batch r ≡ 1 and the gradient is the plain policy
@@ -62,7 +106,7 @@ def pg(logp: Tensor, b: Batch, cfg):
     return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "token-mean"), _clip_info(r, clip_low, clip_high, cfg)
 
 
-def ppo(logp: Tensor, b: Batch, cfg):
+def ppo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     """PPO's clipped surrogate, token-mean: ℓ = -min(r·A, clip(r, 1-eps_low, 1+eps_high)·A).
 
     Schulman et al. 2017 (arXiv 1707.06347). The same function serves `bnpo` and `dapo` (group
@@ -80,7 +124,7 @@ def ppo(logp: Tensor, b: Batch, cfg):
 # GRPO and the normalisation family
 
 
-def grpo(logp: Tensor, b: Batch, cfg):
+def grpo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     """GRPO (DeepSeekMath, arXiv 2402.03300): PPO's clip, averaged per sequence, then over sequences.
 
     J = (1/G) Σ_i (1/|y_i|) Σ_t min(r·A, clip(r)·A) - β·k3. The 1/|y_i| is the length bias of ch. 3.
@@ -94,7 +138,7 @@ def grpo(logp: Tensor, b: Batch, cfg):
     return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "seq-mean-token-mean"), info
 
 
-def dr_grpo(logp: Tensor, b: Batch, cfg):
+def dr_grpo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     """Dr. GRPO (arXiv 2503.20783): GRPO with a constant normaliser, Σ_i Σ_t ℓ / (B·T_max).
 
     Every token gets the same weight whatever its sequence's length, so no length bias. The other
@@ -113,33 +157,35 @@ def dr_grpo(logp: Tensor, b: Batch, cfg):
 # sequence-level ratios
 
 
-def gspo(logp: Tensor, b: Batch, cfg):
+def gspo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     """GSPO (arXiv 2507.18071): one length-normalised ratio per sequence, clipped per sequence.
 
     s_i = exp((1/|y_i|) Σ_t log r_{i,t}); J = (1/G) Σ_i min(s_i·A_i, clip(s_i)·A_i). Clipping drops
     whole sequences; the paper's eps is 3e-4/4e-4. Gradient flows through s_i, as in TRL's
-    `importance_sampling_level="sequence"`. Book: ch. 5.
+    `importance_sampling_level="sequence"`, so every token of a sequence carries the sequence's mean
+    advantage: per-token advantages (GAE) need `gspo_token`, and Config says so. No dual clip, as in
+    verl's `gspo`. Book: ch. 5.
     """
     _check(logp, b)
     s = torch.exp(seq_log_ratio(logp, b.prox_logp, b.mask)).expand_as(logp)  # [B, T], constant along T
-    loss_bt, clip_low, clip_high, dual = clip_surrogate(s, b.adv, cfg.eps_low, cfg.eps_high, cfg.dual_clip_c)
+    loss_bt, clip_low, clip_high, _ = clip_surrogate(s, b.adv, cfg.eps_low, cfg.eps_high)
     info = _clip_info(s, clip_low, clip_high, cfg)
     return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "seq-mean-token-mean"), info
 
 
-def gspo_token(logp: Tensor, b: Batch, cfg):
+def gspo_token(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     """GSPO-token: s_{i,t} = sg(s_i)·π_θ(y_t)/sg(π_θ(y_t)), allowing per-token advantages.
 
     Same value and gradient as `gspo` when A is constant along a sequence. Book: ch. 5.
     """
     _check(logp, b)
     s = torch.exp(seq_log_ratio(logp, b.prox_logp, b.mask)).detach() * torch.exp(logp - logp.detach())
-    loss_bt, clip_low, clip_high, dual = clip_surrogate(s, b.adv, cfg.eps_low, cfg.eps_high, cfg.dual_clip_c)
+    loss_bt, clip_low, clip_high, _ = clip_surrogate(s, b.adv, cfg.eps_low, cfg.eps_high)
     info = _clip_info(s, clip_low, clip_high, cfg)
     return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "seq-mean-token-mean"), info
 
 
-def gmpo(logp: Tensor, b: Batch, cfg):
+def gmpo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     """GMPO (arXiv 2507.20673): a geometric instead of an arithmetic mean of the token terms.
 
     Per token, log r is clipped one-sided by the sign of A (A > 0: at most eps_high; A < 0: at least
@@ -154,8 +200,8 @@ def gmpo(logp: Tensor, b: Batch, cfg):
     loss_bt = -seq_ratio.expand_as(logp) * b.adv
     clip_low = ((b.adv < 0) & (log_r < -cfg.eps_low)).detach()
     clip_high = ((b.adv > 0) & (log_r > cfg.eps_high)).detach()
-    info = {"ratio": torch.exp(log_r).detach(), "clip_low": clip_low, "clip_high": clip_high,
-            "out_of_band": (log_r.abs() > torch.where(log_r > 0, cfg.eps_high, cfg.eps_low)).detach()}
+    info = LossInfo(ratio=torch.exp(log_r).detach(), clip_low=clip_low, clip_high=clip_high,
+                    out_of_band=(log_r.abs() > torch.where(log_r > 0, cfg.eps_high, cfg.eps_low)).detach())
     return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "seq-mean-token-mean"), info
 
 
@@ -163,7 +209,7 @@ def gmpo(logp: Tensor, b: Batch, cfg):
 # off-policy data: decoupled PPO and A-3PO
 
 
-def decoupled_ppo(logp: Tensor, b: Batch, cfg):
+def decoupled_ppo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     """Decoupled PPO (Hilton et al. 2021, arXiv 2110.00641; AReaL): trust region around π_prox,
     importance weight to the behaviour policy.
 
@@ -182,7 +228,7 @@ def decoupled_ppo(logp: Tensor, b: Batch, cfg):
     return aggregate(w * loss_bt + _kl(logp, b, cfg), mask, "token-mean"), info
 
 
-def a3po(logp: Tensor, b: Batch, cfg):
+def a3po(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     """A-3PO (arXiv 2512.06547): decoupled PPO with π_prox interpolated, not recomputed.
 
     log π̂_prox = α·behav_logp + (1-α)·sg(logp), α = 1/d, d = version being produced - behaviour
@@ -194,14 +240,14 @@ def a3po(logp: Tensor, b: Batch, cfg):
     alpha = (1.0 / b.version_gap.clamp(min=1).to(logp.dtype))[:, None]  # [B, 1]
     prox = alpha * b.behav_logp + (1.0 - alpha) * logp.detach()
     loss, info = decoupled_ppo(logp, replace(b, prox_logp=prox), cfg)
-    return loss, info | {"prox_logp": prox}
+    return loss, replace(info, prox_logp=prox.detach())
 
 
 # -------------------------------------------------------------------------------------------------
 # soft and IS-weighted surrogates
 
 
-def sapo(logp: Tensor, b: Batch, cfg):
+def sapo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     """SAPO (arXiv 2511.20347): a smooth gate f(r) = σ(τ(r-1))·4/τ instead of the hard clip.
 
     τ = tau_pos for A > 0, tau_neg (default 1.05 > 1.0) for A ≤ 0; seq-mean-token-mean, as TRL and
@@ -210,10 +256,10 @@ def sapo(logp: Tensor, b: Batch, cfg):
     _check(logp, b)
     r = token_ratio(logp, b.prox_logp)
     loss_bt, gate = soft_gate(r, b.adv, cfg.tau_pos, cfg.tau_neg)
-    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "seq-mean-token-mean"), {"ratio": r.detach(), "gate": gate}
+    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "seq-mean-token-mean"), LossInfo(ratio=r.detach(), gate=gate)
 
 
-def cispo(logp: Tensor, b: Batch, cfg):
+def cispo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     """CISPO (MiniMax-M1, arXiv 2506.13585): clip the detached IS weight, never the update.
 
     ℓ = -sg(clip(r, 1-eps_low, 1+eps_high))·A·logp, token-mean. Defaults eps_low = 1 (no lower
@@ -222,14 +268,14 @@ def cispo(logp: Tensor, b: Batch, cfg):
     _check(logp, b)
     r = token_ratio(logp, b.prox_logp)
     loss_bt, capped = clipped_is_pg(logp, r, b.adv, 1.0 - cfg.eps_low, 1.0 + cfg.eps_high)
-    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "token-mean"), {"ratio": r.detach(), "is_capped": capped}
+    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "token-mean"), LossInfo(ratio=r.detach(), is_capped=capped)
 
 
 # -------------------------------------------------------------------------------------------------
 # the other "SPPO": Self-Play Preference Optimization
 
 
-def self_play_po(logp: Tensor, b: Batch, cfg):
+def self_play_po(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     """Self-Play Preference Optimization (Wu et al. 2024, arXiv 2405.00675), not Sequence-Level PPO.
 
     ℓ_i = (log π_θ(y_i|x)/π_t(y_i|x) - η·(P̂(y_i ≻ π_t) - ½))², the squared regression of a
@@ -240,7 +286,7 @@ def self_play_po(logp: Tensor, b: Batch, cfg):
     seq_log_r = ((logp - b.prox_logp) * b.mask).sum(-1, keepdim=True)  # [B, 1]: log of the sequence ratio
     target = (b.adv * b.mask).sum(-1, keepdim=True) / b.mask.sum(-1, keepdim=True).clamp(min=1.0)
     loss_bt = ((seq_log_r - cfg.sp_eta * target) ** 2).expand_as(logp)
-    info = {"ratio": torch.exp(seq_log_r).expand_as(logp).detach()}
+    info = LossInfo(ratio=torch.exp(seq_log_r).expand_as(logp).detach())
     return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "seq-mean-token-mean"), info
 
 
@@ -250,32 +296,41 @@ def self_play_po(logp: Tensor, b: Batch, cfg):
 
 @dataclass(frozen=True)
 class Loss:
-    fn: Callable
-    """The loss function (logp, batch, cfg) -> (loss, info)."""
+    fn: LossFn
+    """The loss function (logp, batch, cfg) -> (loss, LossInfo)."""
     summary: str
     """One line for `python -m xxpo_lab losses` and the book."""
     defaults: dict = field(default_factory=dict)
     """Config fields this algorithm sets when they are left as None (adv, eps_low, eps_high, tau_pos, tau_neg)."""
     prox: str = "behav"
     """Where prox_logp comes from: 'behav' (the sampler) or 'recompute' (an extra forward pass at the start of the step)."""
+    switches: tuple[str, ...] = ()
+    """Optional Config switches the loss honours (dual_clip_c, behav_weight_cap); setting another is a ConfigError."""
+    seq_adv: bool = False
+    """The loss needs one advantage per sequence (it differentiates through a sequence ratio)."""
 
 
+DUAL = ("dual_clip_c",)
 LOSSES = {
     "pg": Loss(pg, "REINFORCE: importance-weighted policy gradient, no clip, no baseline", {"adv": "none"}),
-    "ppo": Loss(ppo, "PPO: token clip, token-mean, critic + GAE advantage", {"adv": "gae"}),
-    "grpo": Loss(grpo, "GRPO: token clip, per-sequence mean (1/|y|), group z-score advantage", {"adv": "grpo"}),
-    "bnpo": Loss(ppo, "BNPO: GRPO with a token-mean over the batch (TRL's bnpo)", {"adv": "grpo"}),
-    "dr_grpo": Loss(dr_grpo, "Dr. GRPO: constant normaliser B*T_max, mean-centred advantage", {"adv": "dr_grpo"}),
-    "dapo": Loss(ppo, "DAPO: token-mean, clip-higher (eps_high 0.28)", {"adv": "grpo", "eps_high": 0.28}),
+    "ppo": Loss(ppo, "PPO: token clip, token-mean, critic + GAE advantage", {"adv": "gae"}, switches=DUAL),
+    "grpo": Loss(grpo, "GRPO: token clip, per-sequence mean (1/|y|), group z-score advantage", {"adv": "grpo"},
+                 switches=DUAL),
+    "bnpo": Loss(ppo, "BNPO: GRPO with a token-mean over the batch (TRL's bnpo)", {"adv": "grpo"}, switches=DUAL),
+    "dr_grpo": Loss(dr_grpo, "Dr. GRPO: constant normaliser B*T_max, mean-centred advantage", {"adv": "dr_grpo"},
+                    switches=DUAL),
+    "dapo": Loss(ppo, "DAPO: token-mean, clip-higher (eps_high 0.28)", {"adv": "grpo", "eps_high": 0.28},
+                 switches=DUAL),
     "gspo": Loss(gspo, "GSPO: sequence-level geometric-mean ratio, sequence clip (eps 3e-4/4e-4)",
-                 {"adv": "grpo", "eps_low": 3e-4, "eps_high": 4e-4}),
+                 {"adv": "grpo", "eps_low": 3e-4, "eps_high": 4e-4}, seq_adv=True),
     "gspo_token": Loss(gspo_token, "GSPO-token: sequence ratio with per-token gradients",
                        {"adv": "grpo", "eps_low": 3e-4, "eps_high": 4e-4}),
     "decoupled_ppo": Loss(decoupled_ppo, "Decoupled PPO: clip around a recomputed proximal policy, IS weight to the sampler",
-                          {"adv": "grpo"}, prox="recompute"),
-    "a3po": Loss(a3po, "A-3PO: decoupled PPO with the proximal policy interpolated by staleness", {"adv": "grpo"}),
+                          {"adv": "grpo"}, prox="recompute", switches=DUAL + ("behav_weight_cap",)),
+    "a3po": Loss(a3po, "A-3PO: decoupled PPO with the proximal policy interpolated by staleness", {"adv": "grpo"},
+                 switches=DUAL + ("behav_weight_cap",)),
     "sppo": Loss(ppo, "Sequence-Level PPO: token clip, advantage from a prompt-only critic (G = 1 works)",
-                 {"adv": "sppo"}),
+                 {"adv": "sppo"}, switches=DUAL),
     "sapo": Loss(sapo, "SAPO: soft sigmoid gate instead of a hard clip (tau_pos 1.0, tau_neg 1.05)", {"adv": "grpo"}),
     "cispo": Loss(cispo, "CISPO: clipped, detached IS weight; no token loses its gradient",
                   {"adv": "grpo", "eps_low": 1.0, "eps_high": 4.0}),

@@ -12,30 +12,23 @@ import random
 import pandas as pd
 import torch
 
-from xxpo_lab import diagnostics as dg
-from xxpo_lab.advantages import get_advantage
 from xxpo_lab.config import Config, resolve, sized
+from xxpo_lab.loop import State, collect, critic_explained_variance, critic_update, gradient_stats, prepare, setup
 from xxpo_lab.policy import pick_device, token_logp
-from xxpo_lab.train import State, _collect, _critic_update, _setup, gradient_stats
 
 
 def fit_critic(state: State, steps: int, seed: int) -> float:
     """Train only the critic, at the current (fixed) policy, on `steps` fresh batches; returns the mean
     explained variance of the last 10 batches (measured before each update). Gives a baseline to
     measure, not a training run. Book: ch. 2."""
-    cfg = state.cfg
     rng, gen = random.Random(seed), torch.Generator(device=state.device).manual_seed(seed)
     samples_before = state.samples
     explained = []
     for _ in range(steps):
-        b, _, _ = _collect(state, state.policy, rng, gen, version=0)
-        with torch.no_grad():
-            b.values = state.critic(b.prompt_ids, b.prompt_mask, b.resp_ids)
-            _, b.value_target = get_advantage(cfg.adv)(b, cfg)
-        mask = b.mask if b.values.dim() == 2 else torch.ones_like(b.reward)
-        values = b.values if b.values.dim() == 2 else torch.sigmoid(b.values)
-        explained.append(dg.explained_variance(values, b.value_target, mask))
-        _critic_update(state, b)
+        b, _ = collect(state, state.policy, 0, rng, gen, {})
+        prepare(state, b, {}, recompute_prox=False)
+        explained.append(critic_explained_variance(b))
+        critic_update(state, b)
     state.samples = samples_before
     return sum(explained[-10:]) / len(explained[-10:])
 
@@ -43,12 +36,12 @@ def fit_critic(state: State, steps: int, seed: int) -> float:
 def measure_gradients(cfg: Config, seed: int = 0, critic_steps: int = 0, device: str | None = None) -> dict:
     """Gradient variance and SNR of `cfg`'s loss and advantage at the warm-start policy (no training).
 
-    The policy is fixed; cfg.grad_stats_k independent batches of P·G samples give the statistics (see
+    The policy is fixed; M = cfg.grad_stats_batches independent batches of P·G samples give the statistics (see
     `gradient_stats`). With a critic-based advantage, the critic is first fitted for `critic_steps`
     batches at the same fixed policy. Returns the grad/* metrics plus value/explained_var. Book: ch. 2.
     """
     cfg = resolve(sized(cfg))
-    state = _setup(cfg, pick_device(device))
+    state = setup(cfg, pick_device(device))
     explained = fit_critic(state, critic_steps, seed + 1) if state.critic is not None and critic_steps else float("nan")
     return gradient_stats(state, seed) | {"value/explained_var": explained}
 
@@ -62,11 +55,11 @@ def score_norms(cfg: Config, n: int = 128, seed: int = 0, device: str | None = N
     reward. Returns one row per response: 'correct', 'score_norm2', 'length'. Book: ch. 2.
     """
     cfg = resolve(sized(cfg))
-    state = _setup(cfg, pick_device(device))
+    state = setup(cfg, pick_device(device))
     rng, gen = random.Random(seed), torch.Generator(device=state.device).manual_seed(seed)
     rows = []
     while len(rows) < n:
-        b, _, _ = _collect(state, state.policy, rng, gen, version=0)
+        b, _ = collect(state, state.policy, 0, rng, gen, {})
         params = [p for p in state.policy.parameters() if p.requires_grad]
         for i in range(b.B):
             idx = torch.tensor([i], device=state.device)

@@ -17,8 +17,9 @@ import torch
 from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
+from xxpo_lab.codekey import code_hash
 from xxpo_lab.rollout import positions, sample, score
-from xxpo_lab.store import cache_dir, check_meta, key_of, load_torch, save_torch, source_hash
+from xxpo_lab.store import cache_dir, check_meta, key_of, load_torch, save_torch
 from xxpo_lab.tasks import Problem, Task, char_tokenizer, make_task
 
 N_POSITIONS = 160
@@ -123,6 +124,8 @@ WARM_FIELDS = ("task", "difficulty", "n_layer", "n_head", "n_embd", "model_name"
                "warm_start_max_steps", "warm_start_min_steps", "warm_start_lr", "init_seed", "demo_filler", "demo_wrong_frac",
                "demo_wrong_filler", "T_max", "temperature")
 WARM_BATCH, WARM_CHECK_EVERY, WARM_CHECK_PROMPTS = 128, 10, 256
+WARM_CODE = ["policy.build_policy", "policy.load_pretrained", "policy.warm_start", "tasks.char_tokenizer"]
+"""The entry points of a warm start: the code reachable from them keys the warm-start cache."""
 
 
 def make_policy(cfg, device=None, use_cache: bool = True):
@@ -137,7 +140,7 @@ def make_policy(cfg, device=None, use_cache: bool = True):
     cfg = resolve(cfg)
     device = pick_device(None if device is None else str(device))
     spec = {f: getattr(cfg, f) for f in WARM_FIELDS}
-    key = key_of({"warm": spec, "source": source_hash(), "device": device.type})
+    key = key_of({"warm": spec, "code": code_hash(WARM_CODE, spec), "device": device.type})
     path = cache_dir() / "warm" / f"{key}.pt"
     if cfg.model_name:
         model, tokenizer = load_pretrained(cfg.model_name)

@@ -1,9 +1,10 @@
-"""Finished runs: the on-disk run cache, and running many configs (seeds, sweeps) in parallel.
+"""Runs: `train(cfg)` around the loop (run cache, CPU threads, progress, checkpoints), many runs in parallel
+(`run_many`, `compare`), and cached measurement tables.
 
 A History is a pandas DataFrame with one row per step and `.attrs` holding the resolved config, the
 warm start's record, the run key, the device and the CPU thread count. The cache key covers the full
-config, the device, the thread count on the CPU and a hash of the package source, so a change of code that
-can change a run's numbers changes the key.
+config, the device, the thread count on the CPU and the hash of the code the run executes
+(`codekey.code_hash`), so a change of code that can change a run's numbers retrains it, and no other does.
 """
 
 from __future__ import annotations
@@ -11,33 +12,102 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pandas as pd
+import torch
+from tqdm.auto import tqdm
 
-from xxpo_lab.config import Config, resolve, sized, to_dict
+from xxpo_lab import loop
+from xxpo_lab.codekey import code_hash
+from xxpo_lab.config import Config, from_dict, resolve, sized, to_dict
+from xxpo_lab.loop import NonFiniteError
 from xxpo_lab.policy import WARM_FIELDS, cpu_threads, make_policy, pick_device
-from xxpo_lab.store import (
-    StoreError,
-    atomic_write,
-    cache_dir,
-    check_meta,
-    key_of,
-    load_torch,
-    save_torch,
-    source_hash,
-)
+from xxpo_lab.store import StoreError, atomic_write, cache_dir, check_meta, key_of, load_torch, save_torch
 
 History = pd.DataFrame
+RUN_CODE = ["loop.setup", "loop.run"]
+"""The entry points of a training run: the code reachable from them keys the run cache."""
 
 
-def run_key(cfg: Config, device, threads: int) -> str:
+def train(cfg: Config, *, progress: bool | None = None, cache: bool = True, device: str | None = None,
+          callback: Callable[[dict], None] | None = None, checkpoint_dir: str | Path | None = None,
+          checkpoint_every: int = 0, threads: int | None = None) -> History:
+    """Train a policy with `cfg` and return its History (a DataFrame, one row per step, config in .attrs).
+
+    Row k describes step k; its eval/* columns measure the policy that sampled step k (every eval_every
+    steps). A last row, step = cfg.steps, holds only the evaluation of the final policy.
+
+    cfg is first shrunk for fast mode (`config.sized`) and completed with the loss's defaults
+    (`config.resolve`). With `cache`, a finished run with the same key is loaded instead of retrained.
+    With `checkpoint_dir`, a checkpoint is written every `checkpoint_every` steps and an existing one is
+    resumed; the resumed run ends identical to an uninterrupted one. `callback(row)` is called after every
+    step (live plots). `threads` sets torch's CPU threads (default: the current count); it is part of the
+    key on the CPU, as it changes the order of float sums. `progress` shows a bar (default: yes, except
+    while the book is built, where a bar would be saved into the page as a widget).
+    """
+    cfg = resolve(sized(cfg))
+    device = pick_device(device)
+    threads = threads or torch.get_num_threads()
+    key = run_key(cfg, device, threads)
+    if cache and (hist := load_run(key)) is not None:
+        return hist
+    ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
+    with cpu_threads(threads):
+        state = loop.setup(cfg, device)
+        if ckpt is not None and ckpt.exists():
+            saved = load_torch(ckpt, "checkpoint")
+            check_meta(saved.get("meta", {}), {"key": key}, ckpt, "checkpoint")
+            state.load_state_dict(saved["state"])
+        bar = tqdm(total=cfg.steps, initial=len(state.rows), disable=not _show_progress(progress),
+                   desc=f"{cfg.loss} seed {cfg.seed}")
+
+        def on_step(state: loop.State) -> None:
+            row = state.rows[-1]
+            bar.update(1)
+            bar.set_postfix(reward=f"{row['reward/mean']:.3f}")
+            if callback is not None:
+                callback(row)
+            if ckpt is not None and checkpoint_every and len(state.rows) % checkpoint_every == 0:
+                save_torch({"meta": {"key": key, "step": len(state.rows)}, "state": state.state_dict()}, ckpt)
+
+        try:
+            loop.run(state, on_step)
+        except NonFiniteError as err:
+            err.history = history(state, "")
+            raise
+        finally:
+            bar.close()
+    hist = history(state, key)
+    if cache:
+        save_run(key, hist, {k: v.detach().cpu() for k, v in state.policy.state_dict().items()})
+    return hist
+
+
+def history(state: loop.State, key: str) -> History:
+    """The state's rows as a History, with the config, warm start, key, device and threads in .attrs."""
+    hist = pd.DataFrame(state.rows)
+    hist.attrs = {"config": to_dict(state.cfg), "warm_start": state.warm, "key": key, "device": state.device.type,
+                  "threads": torch.get_num_threads()}
+    return hist
+
+
+def _show_progress(progress: bool | None) -> bool:
+    from xxpo_lab.interactive import in_book_build
+
+    return (not in_book_build()) if progress is None else progress
+
+
+def run_key(cfg: Config, device, threads: int, sources: dict[str, str] | None = None) -> str:
     """The cache key of a run: resolved config, device type, CPU thread count (on the CPU only: it changes
-    the order of float sums) and package source."""
+    the order of float sums) and the hash of the code the run executes (`sources` replaces the package's
+    files, for tests)."""
     device = getattr(device, "type", str(device))
-    return key_of({"config": to_dict(cfg), "device": device, "threads": threads if device == "cpu" else None,
-                   "source": source_hash()})
+    config = to_dict(cfg)
+    return key_of({"config": config, "device": device, "threads": threads if device == "cpu" else None,
+                   "code": code_hash(RUN_CODE, config, sources)})
 
 
 def _paths(key: str) -> tuple[Path, Path]:
@@ -59,8 +129,6 @@ def load_policy(run, device=None):
 
     run: a History (uses its attrs) or a run key (the 'key' column of `compare`'s table).
     """
-    from xxpo_lab.config import from_dict
-
     key = run if isinstance(run, str) else run.attrs["key"]
     table, meta = _paths(key)
     path = table.with_suffix(".pt")
@@ -93,21 +161,18 @@ def load_run(key: str) -> History | None:
 
 def _call(job):
     fn, kwargs = job
-    import torch
-
     torch.set_num_threads(1)  # one thread per worker: two workers on two cores, no oversubscription
     return fn(**kwargs)
 
 
-def parallel_map(fn, jobs: list[dict], workers: int | None = None, progress: bool = True, desc: str = "") -> list:
+def parallel_map(fn, jobs: list[dict], workers: int | None = None, progress: bool | None = None, desc: str = "") -> list:
     """[fn(**job) for job in jobs], `workers` processes at a time (spawned; 1 thread each).
 
     On the CPU every job runs with one thread, in a worker or (one job, or workers=1) in this process, so a
     job's numbers do not depend on how many jobs ran with it. fn must be importable (a module-level
     function). Scripts that call this need the usual `if __name__ == "__main__":` guard; notebooks do not.
     """
-    from tqdm.auto import tqdm
-
+    progress = _show_progress(progress)
     on_cpu = pick_device().type == "cpu"
     workers = workers or (min(2, os.cpu_count() or 1) if on_cpu else 1)
     if workers == 1 or len(jobs) == 1:
@@ -126,10 +191,8 @@ def parallel_map(fn, jobs: list[dict], workers: int | None = None, progress: boo
             os.environ["OMP_NUM_THREADS"] = before
 
 
-def run_many(cfgs: list[Config], workers: int | None = None, progress: bool = True) -> list[History]:
+def run_many(cfgs: list[Config], workers: int | None = None, progress: bool | None = None) -> list[History]:
     """Train every config (cached runs are loaded, the rest run `workers` at a time, 1 thread each)."""
-    from xxpo_lab.train import train
-
     device = pick_device()
     found = [load_run(run_key(resolve(sized(c)), device, 1)) for c in cfgs]
     missing = [c for c, h in zip(cfgs, found) if h is None]
@@ -145,26 +208,34 @@ def run_many(cfgs: list[Config], workers: int | None = None, progress: bool = Tr
 
 
 def compare(configs: dict[str, Config], seeds=(0, 1, 2), workers: int | None = None,
-            progress: bool = True) -> pd.DataFrame:
-    """Run each labelled config on each seed; one long table with columns 'run', 'seed' and 'key' (the run's
-    cache key, for `load_policy`) added."""
+            progress: bool | None = None) -> pd.DataFrame:
+    """Run each labelled config on each seed: one long table of their Histories, self-describing.
+
+    Added columns: 'run' (the label), 'seed', 'key' (the run's cache key, for `load_policy`), and every
+    Config field whose value differs between the labels (after fast mode and the loss's defaults), e.g.
+    'loss' and 'epochs': select runs by value, never by parsing labels. `.attrs['configs']` holds each
+    label's full config.
+    """
     jobs = [(label, seed, replace(cfg, seed=seed)) for label, cfg in configs.items() for seed in seeds]
     hists = run_many([cfg for _, _, cfg in jobs], workers=workers, progress=progress)
-    parts = [h.assign(run=label, seed=seed, key=h.attrs["key"]) for (label, seed, _), h in zip(jobs, hists)]
+    resolved = {label: to_dict(resolve(sized(cfg))) for label, cfg in configs.items()}
+    varying = [f.name for f in fields(Config) if f.name != "seed"
+               and len({json.dumps(c[f.name]) for c in resolved.values()}) > 1]
+    parts = [h.assign(run=label, seed=seed, key=h.attrs["key"], **{f: resolved[label][f] for f in varying})
+             for (label, seed, _), h in zip(jobs, hists)]
     out = pd.concat(parts, ignore_index=True)
-    out.attrs = {"configs": {label: to_dict(resolve(sized(cfg))) for label, cfg in configs.items()}}
+    out.attrs = {"configs": resolved}
     return out
 
 
-__all__ = ["History", "StoreError", "cached_table", "compare", "load_policy", "load_run", "run_key", "run_many",
-           "save_run"]
-
-
-def cached_table(kind: str, payload: dict, compute, cache: bool = True) -> pd.DataFrame:
-    """A table computed by `compute()` and cached on disk like a run: keyed by `kind`, the JSON-able
-    `payload` that determines it (configs, seeds, sizes) and the package source. For measurements that
-    are not training runs (gradient statistics, probes)."""
-    key = key_of({"kind": kind, "payload": payload, "source": source_hash()})
+def cached_table(kind: str, payload: dict, compute: Callable[[], pd.DataFrame], code: list[Callable],
+                 cache: bool = True) -> pd.DataFrame:
+    """A table computed by `compute()` and cached on disk like a run, for measurements that are not training
+    runs (gradient statistics, probes). Keyed by `kind`, the JSON-able `payload` that determines it (configs,
+    loss and task names, seeds, sizes) and the code reachable from the functions in `code` (the package
+    functions `compute` calls); registry entries count when their name is in the payload."""
+    roots = [f"{fn.__module__.removeprefix('xxpo_lab.')}.{fn.__qualname__}" for fn in code]
+    key = key_of({"kind": kind, "payload": payload, "code": code_hash(roots, payload)})
     path = cache_dir() / "tables" / f"{kind}-{key}.parquet"
     if cache and path.exists():
         try:
@@ -176,3 +247,7 @@ def cached_table(kind: str, payload: dict, compute, cache: bool = True) -> pd.Da
     if cache:
         atomic_write(path, lambda tmp: table.to_parquet(tmp, index=False))
     return table
+
+
+__all__ = ["History", "StoreError", "cached_table", "compare", "history", "load_policy", "load_run", "parallel_map",
+           "run_key", "run_many", "save_run", "train"]

@@ -1,4 +1,4 @@
-"""Files on disk: the cache folder, atomic writes, safe loads and the hash of the package source.
+"""Files on disk: the cache folder, atomic writes, safe loads and cache keys.
 
 Warm starts, finished runs and checkpoints go through here. A file that is corrupt or was written
 for something else raises `StoreError` naming the file and what to do; it is never silently replaced.
@@ -6,22 +6,13 @@ for something else raises `StoreError` naming the file and what to do; it is nev
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import os
 import tempfile
-from functools import cache
 from pathlib import Path
 
 import torch
-
-import xxpo_lab
-
-PRESENTATION_MODULES = {"plots.py", "interactive.py", "explorer.py", "widgets.py", "cli.py", "__main__.py", "family.py",
-                        "runs.py", "store.py"}
-"""Modules that cannot change a run's numbers (drawing, caching, the command line); editing them keeps
-cached runs valid."""
 
 
 class StoreError(RuntimeError):
@@ -33,37 +24,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XXPO_CACHE", Path.home() / ".cache" / "xxpo_lab"))
 
 
-@cache
-def source_hash() -> str:
-    """Hash of the code of every package module that can change a run's numbers (see PRESENTATION_MODULES).
-
-    The code is hashed as its syntax tree without docstrings, so editing a comment, a docstring or the
-    layout keeps cached runs valid; any change to what runs invalidates them.
-    """
-    h = hashlib.sha256(xxpo_lab.__version__.encode())
-    root = Path(xxpo_lab.__file__).parent
-    for path in sorted(root.glob("*.py")):
-        if path.name not in PRESENTATION_MODULES:
-            h.update(path.name.encode() + _code_of(path.read_text()).encode())
-    return h.hexdigest()[:16]
-
-
-def _code_of(source: str) -> str:
-    """The module's syntax tree without its docstrings and bare strings (the field docs of Config); comments
-    and layout are not in the tree."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        for name in ("body", "orelse", "finalbody"):
-            body = getattr(node, name, None)
-            if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
-                kept = [s for s in body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)
-                                                and isinstance(s.value.value, str))]
-                setattr(node, name, kept or [ast.Pass()])
-    return ast.dump(tree)
-
-
 def key_of(payload: dict) -> str:
-    """A stable key for a JSON-able description (config, device, source hash)."""
+    """A stable key for a JSON-able description (config, device, code hash)."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

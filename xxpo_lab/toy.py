@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from xxpo_lab.advantages import ADVANTAGES
+from xxpo_lab.advantages import get_advantage
 from xxpo_lab.batch import Batch
 from xxpo_lab.config import Config, resolve
-from xxpo_lab.losses import LOSSES
+from xxpo_lab.losses import get_loss
 from xxpo_lab.probes import expected_filler
 
 
@@ -36,13 +36,9 @@ def toy_config(loss: str, P: int = 16, G: int = 8, T_max: int = 16, **kw) -> Con
 
 
 def batch_of(logp: Tensor, mask: Tensor, reward: Tensor, truncated: Tensor) -> Batch:
-    """An on-policy Batch around per-token log-probs [B, T] (prox = behav = sg(logp)); prompt and token
-    ids are dummies, since no loss or group advantage reads them."""
-    B, T = mask.shape
-    return Batch(prompt_ids=torch.zeros(B, 1, dtype=torch.long), prompt_mask=torch.ones(B, 1, dtype=torch.long),
-                 resp_ids=torch.zeros(B, T, dtype=torch.long), mask=mask, behav_logp=logp.detach() * mask,
-                 lengths=mask.sum(-1).long(), truncated=truncated, version=torch.zeros(B, dtype=torch.long),
-                 reward=reward, correct=reward > 0, prox_logp=logp.detach() * mask)
+    """An on-policy Batch around per-token log-probs [B, T]: prox = behav = sg(logp)."""
+    return Batch.of(mask, behav_logp=logp.detach() * mask, prox_logp=logp.detach() * mask, truncated=truncated,
+                    reward=reward, correct=reward > 0)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -63,7 +59,7 @@ def token_weights(loss: str, lengths: Tensor, adv: Tensor, T_max: int) -> Tensor
     logp = torch.full(mask.shape, -1.0, dtype=torch.float64, requires_grad=True)
     b = batch_of(logp, mask, torch.zeros(len(adv), dtype=torch.float64), torch.zeros(len(adv), dtype=torch.bool))
     b.adv = adv.double()[:, None] * mask
-    value, _ = LOSSES[loss].fn(logp, b, toy_config(loss, P=1, G=len(adv), T_max=T_max))
+    value, _ = get_loss(loss).fn(logp, b, toy_config(loss, P=1, G=len(adv), T_max=T_max))
     (grad,) = torch.autograd.grad(value, logp)
     return -grad[:, 0]
 
@@ -80,7 +76,7 @@ def group_advantage_mass(rewards: Tensor, adv: str, adv_eps: float = 1e-4) -> Te
     flat = rewards.reshape(-1).double()
     mask = torch.ones(P * G, 1, dtype=torch.float64)
     b = batch_of(torch.zeros_like(mask), mask, flat, torch.zeros(P * G, dtype=torch.bool))
-    a, _ = ADVANTAGES[adv](b, toy_config("grpo", P=P, G=G, T_max=3, adv=adv, adv_eps=adv_eps))
+    a, _ = get_advantage(adv)(b, toy_config("grpo", P=P, G=G, T_max=3, adv=adv, adv_eps=adv_eps))
     return a.abs().view(P, G).sum(-1)
 
 
@@ -181,8 +177,8 @@ def train_toy(loss: str, knows: bool, steps: int = 300, P: int = 16, G: int = 8,
         right, n, truncated = policy.sample(P * G, gen)
         logp, mask = policy.logp(right, n, truncated)  # [B, T]
         b = batch_of(logp, mask, (right & ~truncated).float(), truncated)
-        b.adv, _ = ADVANTAGES[cfg.adv](b, cfg)
-        value, _ = LOSSES[loss].fn(logp, b, cfg)
+        b.adv, _ = get_advantage(cfg.adv)(b, cfg)
+        value, _ = get_loss(loss).fn(logp, b, cfg)
         opt.zero_grad()
         value.backward()
         opt.step()

@@ -56,7 +56,7 @@ class Panel:
                        **eps)
 
     def train(self, _button=None):
-        from xxpo_lab.train import train
+        from xxpo_lab.runs import train
 
         try:
             cfg = self.config()

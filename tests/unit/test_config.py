@@ -30,7 +30,7 @@ from xxpo_lab import Config, ConfigError, field_docs, resolve, sized
     ({"warm_start_acc": 1.5}, r"Config.warm_start_acc = 1.5 .* \(0, 1\]"),
     ({"G": 1, "adv": "none", "dynamic_sampling": True}, r"dynamic_sampling .* G >= 2"),
     ({"steps": 0}, r"Config.steps = 0 .* >= 1"),
-    ({"grad_stats_k": 2}, r"Config.grad_stats_k = 2 .* >= 3"),
+    ({"grad_stats_batches": 2}, r"Config.grad_stats_batches = 2 .* >= 3"),
     ({"task": "addition", "difficulty": 9}, r"Config.difficulty = 9 .* 'addition'.* \[1, 6\]"),
     ({"loss": "sppo", "reward_offset": 1.0}, r"Config.reward_offset = 1.0 .* adv='sppo'"),
 ])
@@ -72,5 +72,5 @@ def test_fast_mode_shrinks_sizes_only(monkeypatch):
     assert small.steps == 20 and small.P == 8 and small.P % small.minibatches == 0
     assert small.warm_start_min_steps == 30
     assert replace(small, steps=cfg.steps, P=cfg.P, eval_prompts=cfg.eval_prompts, eval_every=cfg.eval_every,
-                   grad_stats_k=cfg.grad_stats_k, warm_start_acc=cfg.warm_start_acc,
+                   grad_stats_batches=cfg.grad_stats_batches, warm_start_acc=cfg.warm_start_acc,
                    warm_start_min_steps=cfg.warm_start_min_steps) == cfg

@@ -8,6 +8,7 @@ import torch
 from xxpo_lab import GLOSSARY, train
 from xxpo_lab.batch import Batch
 from xxpo_lab.diagnostics import explained_variance, grad_moments, reduce_updates, rollout_metrics, update_metrics
+from xxpo_lab.losses import LossInfo
 
 
 def _batch(reward, lengths, T=4):
@@ -34,9 +35,9 @@ def test_update_metrics_clip_fractions_and_drift():
     ratio = torch.tensor([[1.5, 1.0], [0.5, 1.0]])
     b.adv = torch.tensor([[1.0, 1.0], [-1.0, 1.0]])
     logp = ratio.log()  # behav_logp = 0, so r = exp(logp)
-    info = {"ratio": ratio, "clip_low": torch.tensor([[False, False], [True, False]]),
-            "clip_high": torch.tensor([[True, False], [False, False]]),
-            "out_of_band": torch.tensor([[True, False], [True, False]])}
+    info = LossInfo(ratio=ratio, clip_low=torch.tensor([[False, False], [True, False]]),
+                    clip_high=torch.tensor([[True, False], [False, False]]),
+                    out_of_band=torch.tensor([[True, False], [True, False]]))
     m = update_metrics(info, logp, b, entropy=torch.ones(2, 2))
     assert m["clip/active_frac"] == 0.5 and m["clip/low_frac"] == 0.25 and m["clip/high_frac"] == 0.25
     assert m["clip/out_of_band_frac"] == 0.5 and m["clip/seq_active_frac"] == 1.0
@@ -51,7 +52,7 @@ def test_grad_moments():
     grads = torch.tensor([[1.0, 0.0], [3.0, 0.0], [2.0, 3.0], [2.0, -3.0]])
     m = grad_moments(grads)
     # mean = (2, 0); deviations² = 1, 1, 9, 9 -> var = 20 / 3
-    # ‖ḡ‖² = 4 overestimates ‖E g‖² by var / K: snr = (4 - (20/3) / 4) / (20/3) = 0.6 - 0.25 = 0.35
+    # ‖ḡ‖² = 4 overestimates ‖E g‖² by var / M: snr = (4 - (20/3) / 4) / (20/3) = 0.6 - 0.25 = 0.35
     assert m["grad/mean_norm"] == pytest.approx(2.0)
     assert m["grad/var"] == pytest.approx(20 / 3)
     assert m["grad/snr"] == pytest.approx(0.35)
@@ -60,7 +61,7 @@ def test_grad_moments():
 
 def test_debiased_snr_is_unbiased_for_pure_noise():
     gen = torch.Generator().manual_seed(0)
-    # E g = 0: the raw ‖ḡ‖²/var would average 1/K = 0.125, the debiased one 0
+    # E g = 0: the raw ‖ḡ‖²/var would average 1/M = 0.125, the debiased one 0
     snrs = [grad_moments(torch.randn(8, 50, generator=gen))["grad/snr"] for _ in range(400)]
     assert abs(sum(snrs) / len(snrs)) < 0.01
 
@@ -79,8 +80,8 @@ def test_reduce_updates_means_and_per_update_columns():
 
 
 def test_gradient_statistics_in_a_run(tiny):
-    hist = train(replace(tiny, grad_stats_every=2, grad_stats_k=3, adv="none"), progress=False, cache=False)
-    baseline = train(replace(tiny, grad_stats_every=2, grad_stats_k=3, adv="rloo"), progress=False, cache=False)
+    hist = train(replace(tiny, grad_stats_every=2, grad_stats_batches=3, adv="none"), progress=False, cache=False)
+    baseline = train(replace(tiny, grad_stats_every=2, grad_stats_batches=3, adv="rloo"), progress=False, cache=False)
     stats = hist["grad/var"].dropna()
     assert len(stats) == 2 and (stats > 0).all() and hist["grad/snr"].notna().sum() == 2
     # measuring gradients must not change what the run does
@@ -101,10 +102,10 @@ def test_every_logged_metric_is_in_the_glossary(tiny):
 def test_measurements_at_fixed_parameters(tiny):
     from xxpo_lab.measure import measure_gradients, score_norms
 
-    plain = measure_gradients(replace(tiny, loss="pg", adv="none", grad_stats_k=4), seed=3)
-    again = measure_gradients(replace(tiny, loss="pg", adv="none", grad_stats_k=4), seed=3)
+    plain = measure_gradients(replace(tiny, loss="pg", adv="none", grad_stats_batches=4), seed=3)
+    again = measure_gradients(replace(tiny, loss="pg", adv="none", grad_stats_batches=4), seed=3)
     assert plain == pytest.approx(again, nan_ok=True, rel=0, abs=0)  # deterministic for a seed, nothing trained
-    critic = measure_gradients(replace(tiny, loss="pg", adv="gae", grad_stats_k=4), seed=3, critic_steps=12)
+    critic = measure_gradients(replace(tiny, loss="pg", adv="gae", grad_stats_batches=4), seed=3, critic_steps=12)
     assert critic["grad/var"] > 0 and -1.0 < critic["value/explained_var"] <= 1.0
     norms = score_norms(tiny, n=10, seed=1)
     assert len(norms) == 10 and (norms["score_norm2"] > 0).all() and set(norms["correct"]) <= {True, False}
@@ -114,3 +115,24 @@ def test_parallel_map_keeps_the_order():
     from xxpo_lab.runs import parallel_map
 
     assert parallel_map(pow, [{"base": b, "exp": 2} for b in range(5)], workers=2, progress=False) == [0, 1, 4, 9, 16]
+
+
+def test_every_loss_info_field_is_logged_under_a_glossary_name():
+    """Nothing a loss reports is dropped: each LossInfo field has a reduction, and its metrics are in GLOSSARY."""
+    from dataclasses import fields
+
+    from xxpo_lab.diagnostics import LOSS_INFO_METRICS, loss_metrics
+
+    names = [f.name for f in fields(LossInfo)]
+    assert sorted(LOSS_INFO_METRICS) == sorted(names)
+    mask = torch.ones(2, 3)
+    flags = torch.tensor([[True, False, False], [False, False, True]])
+    info = LossInfo(**{n: (flags if n in ("clip_low", "clip_high", "out_of_band", "dual_clip", "is_masked", "is_capped")
+                           else torch.rand(2, 3)) for n in names})
+    metrics = loss_metrics(info, torch.zeros(2, 3), mask)
+    assert set(metrics) <= set(GLOSSARY), set(metrics) - set(GLOSSARY)
+    for n in names[1:]:  # each optional field adds at least one metric of its own (ratio is always there)
+        alone = {"ratio": info.ratio} | ({n: getattr(info, n)} if n not in ("clip_low", "clip_high") else
+                                         {"clip_low": flags, "clip_high": flags})
+        assert set(loss_metrics(LossInfo(**alone), torch.zeros(2, 3), mask)) > set(
+            loss_metrics(LossInfo(ratio=info.ratio), torch.zeros(2, 3), mask)), n

@@ -4,7 +4,7 @@
 minibatch splits, (c) the loss contract, (d) the expected gradients of the KL estimators (ALGORITHMS.md §0.4).
 """
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 import torch
@@ -12,7 +12,7 @@ import torch
 from xxpo_lab.batch import Batch, group_rows
 from xxpo_lab.blocks import KL_ESTIMATORS, aggregate, clip_surrogate, token_ratio
 from xxpo_lab.config import Config, resolve
-from xxpo_lab.losses import LOSSES, get_loss
+from xxpo_lab.losses import LOSSES, LossInfo, get_loss
 
 F64 = torch.float64
 
@@ -90,9 +90,9 @@ def test_on_policy_gspo_gradient_equals_grpo_gradient():
 def test_decoupled_ppo_with_prox_equal_to_behav_is_ppo(dual_clip_c):
     # w = π_prox/π_behav = 1, so -w·min(u·A, clip(u)·A) is PPO's token loss, token-mean in both
     b, logp = random_batch(seed=3, noise=0.5)
-    cfg = cfg_for("ppo", dual_clip_c=dual_clip_c, behav_weight_cap=5.0)
+    cfg = cfg_for("decoupled_ppo", dual_clip_c=dual_clip_c, behav_weight_cap=5.0)  # the cap never binds at w = 1
     loss_d, grad_d = loss_and_grad(LOSSES["decoupled_ppo"].fn, logp, b, cfg)
-    loss_p, grad_p = loss_and_grad(LOSSES["ppo"].fn, logp, b, cfg)
+    loss_p, grad_p = loss_and_grad(LOSSES["ppo"].fn, logp, b, replace(cfg, loss="ppo", behav_weight_cap=None))
     torch.testing.assert_close(loss_d, loss_p)
     torch.testing.assert_close(grad_d, grad_p)
 
@@ -116,7 +116,7 @@ def test_a3po_prox_weight_on_behav_is_one_over_version_gap():
     b = make_batch(mask, behav_logp=torch.ones_like(mask), prox_logp=torch.zeros_like(mask),
                    adv=torch.ones_like(mask), version_gap=torch.tensor([1, 2, 4, 8, 0]))
     _, info = LOSSES["a3po"].fn(torch.zeros_like(mask, requires_grad=True), b, cfg_for("a3po"))
-    torch.testing.assert_close(info["prox_logp"][:, 0], torch.tensor([1, 0.5, 0.25, 0.125, 1], dtype=F64))
+    torch.testing.assert_close(info.prox_logp[:, 0], torch.tensor([1, 0.5, 0.25, 0.125, 1], dtype=F64))
 
 
 def test_gspo_token_equals_gspo_when_advantage_is_constant_along_each_sequence():
@@ -129,7 +129,7 @@ def test_gspo_token_equals_gspo_when_advantage_is_constant_along_each_sequence()
     torch.testing.assert_close(loss_t, loss_s)
     torch.testing.assert_close(grad_t, grad_s)
     _, info = LOSSES["gspo"].fn(logp, b, cfg)
-    clipped_seq = (info["clip_low"] | info["clip_high"])[:, 0]
+    clipped_seq = (info.clip_low | info.clip_high)[:, 0]
     assert clipped_seq.any() and not clipped_seq.all()
 
 
@@ -140,8 +140,8 @@ def test_clip_fraction_two_definitions():
     b = make_batch(mask, prox_logp=torch.zeros_like(mask), adv=torch.tensor([[1.0, -1.0, 1.0, -1.0]], dtype=F64))
     logp = torch.tensor([[1.5, 0.5, 0.5, 1.5]], dtype=F64).log()
     _, info = LOSSES["ppo"].fn(logp, b, cfg_for("ppo"))
-    assert info["out_of_band"].double().mean() == 1.0
-    assert (info["clip_low"] | info["clip_high"]).double().mean() == 0.5
+    assert info.out_of_band.double().mean() == 1.0
+    assert (info.clip_low | info.clip_high).double().mean() == 0.5
 
 
 # -------------------------------------------------------------------------------------------------
@@ -236,11 +236,31 @@ def test_every_loss_returns_a_finite_scalar_and_detached_bt_info(name):
     logp.requires_grad_()
     loss, info = LOSSES[name].fn(logp, b, cfg_for(name, beta=0.04))
     assert loss.dim() == 0 and torch.isfinite(loss) and loss.requires_grad
-    assert info, "info should hold at least the ratio"
-    for key, value in info.items():
-        assert isinstance(value, torch.Tensor), key
-        assert not value.requires_grad, key
-        assert value.shape == b.mask.shape, (key, value.shape)
+    assert isinstance(info, LossInfo)
+    for f in fields(info):
+        value = getattr(info, f.name)
+        if value is not None:
+            assert not value.requires_grad, f.name
+            assert value.shape == b.mask.shape, (f.name, value.shape)
+
+
+def test_loss_info_refuses_a_tensor_with_a_gradient_and_half_a_clip():
+    r = torch.ones(2, 3, requires_grad=True)
+    with pytest.raises(ValueError, match=r"LossInfo.ratio carries a gradient"):
+        LossInfo(ratio=r)
+    with pytest.raises(ValueError, match="clip_low and clip_high are reported together"):
+        LossInfo(ratio=r.detach(), clip_low=torch.zeros(2, 3, dtype=torch.bool))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'new_metric'"):
+        LossInfo(ratio=r.detach(), new_metric=r.detach())  # a loss cannot report what nothing logs
+
+
+def test_the_loop_rejects_a_loss_that_breaks_the_contract(monkeypatch):
+    from xxpo_lab.loop import loss_of
+
+    b, logp = random_batch(seed=12)
+    monkeypatch.setitem(LOSSES, "grpo", replace(LOSSES["grpo"], fn=lambda logp, b, cfg: (logp.sum(), {"ratio": logp})))
+    with pytest.raises(TypeError, match=r"loss 'grpo' returned \(Tensor of shape \(\), dict\)"):
+        loss_of("grpo", logp, b, cfg_for("grpo"))
 
 
 def test_get_loss_unknown_name_raises_key_error_listing_valid_names():

@@ -1,17 +1,16 @@
 """The training loop: determinism, resume, run cache, bad files, non-finite stops, one smoke run per loss."""
 
-import importlib
 from dataclasses import replace
 
 import pandas as pd
 import pytest
 import torch
 
-from xxpo_lab import LOSSES, Config, NonFiniteError, StoreError, train
+from xxpo_lab import LOSSES, Config, NonFiniteError, StoreError, loop, train
+from xxpo_lab.codekey import package_sources
 from xxpo_lab.config import resolve
 from xxpo_lab.runs import run_key
 
-train_module = importlib.import_module("xxpo_lab.train")  # the package exports the function under the same name
 NOISY = ("time/", "mem/peak")  # wall-clock columns differ between any two runs
 
 
@@ -41,7 +40,7 @@ def test_resume_ends_identical_to_an_uninterrupted_run(tiny, tmp_path, monkeypat
     cfg = replace(tiny, steps=6, staleness=1, minibatches=2, loss="ppo")  # critic, snapshots and minibatches
     full = train(cfg, progress=False, cache=False)
     calls = {"n": 0}
-    real_step = train_module._step
+    real_step = loop.training_step
 
     def crash_after_three(state, step):
         if calls["n"] == 3:
@@ -49,11 +48,11 @@ def test_resume_ends_identical_to_an_uninterrupted_run(tiny, tmp_path, monkeypat
         calls["n"] += 1
         return real_step(state, step)
 
-    monkeypatch.setattr(train_module, "_step", crash_after_three)
+    monkeypatch.setattr(loop, "training_step", crash_after_three)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=False, cache=False, checkpoint_dir=tmp_path, checkpoint_every=2)
     assert (tmp_path / "checkpoint.pt").exists()
-    monkeypatch.setattr(train_module, "_step", real_step)
+    monkeypatch.setattr(loop, "training_step", real_step)
     resumed = train(cfg, progress=False, cache=False, checkpoint_dir=tmp_path, checkpoint_every=2)
     pd.testing.assert_frame_equal(_steady(full), _steady(resumed))
 
@@ -61,7 +60,7 @@ def test_resume_ends_identical_to_an_uninterrupted_run(tiny, tmp_path, monkeypat
 def test_run_cache_returns_the_stored_run_without_training(tiny, monkeypatch):
     cfg = replace(tiny, seed=11)
     first = train(cfg, progress=False)
-    monkeypatch.setattr(train_module, "_setup", lambda *a: pytest.fail("a cached run was retrained"))
+    monkeypatch.setattr(loop, "setup", lambda *a: pytest.fail("a cached run was retrained"))
     again = train(cfg, progress=False)
     pd.testing.assert_frame_equal(first, again)
     assert again.attrs == first.attrs
@@ -70,15 +69,16 @@ def test_run_cache_returns_the_stored_run_without_training(tiny, monkeypatch):
     pd.testing.assert_frame_equal(_steady(first), _steady(retrained))
 
 
-def test_the_cache_key_follows_config_device_threads_and_source(tiny, monkeypatch):
+def test_the_cache_key_follows_config_device_threads_and_code(tiny):
     cfg = resolve(tiny)
     key = run_key(cfg, torch.device("cpu"), 1)
     assert run_key(replace(cfg, lr=1e-3), torch.device("cpu"), 1) != key
     assert run_key(cfg, torch.device("cuda"), 1) != key
     assert run_key(cfg, torch.device("cpu"), 2) != key  # the thread count changes float sums on the CPU
     assert run_key(cfg, torch.device("cuda"), 1) == run_key(cfg, torch.device("cuda"), 2)  # but not on CUDA
-    monkeypatch.setattr("xxpo_lab.runs.source_hash", lambda: "edited-source")
-    assert run_key(cfg, torch.device("cpu"), 1) != key
+    edited = package_sources() | {"loop": package_sources()["loop"].replace("cfg.lr * min(", "2 * cfg.lr * min(")}
+    assert run_key(cfg, torch.device("cpu"), 1, sources=edited) != key  # the loop's code is in the key
+    assert run_key(cfg, torch.device("cpu"), 1, sources=package_sources()) == key
 
 
 def test_a_run_is_the_same_in_a_parallel_worker_and_in_this_process(tiny, tmp_path, monkeypatch):
@@ -108,16 +108,6 @@ def test_the_warm_start_has_the_same_weights_whatever_the_callers_thread_count(t
             model, _, _ = make_policy(tiny, torch.device("cpu"), use_cache=False)
         weights.append(model.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
-
-
-def test_the_source_hash_sees_code_but_not_docstrings_or_comments():
-    from xxpo_lab.store import _code_of
-
-    code = 'class C:\n    x: int = 1\n    """doc of x"""\n\ndef f(a):\n    """Doc."""\n    return a + 1  # add\n'
-    assert _code_of(code) == _code_of(code.replace("doc of x", "new doc").replace("Doc.", "").replace("# add", ""))
-    assert _code_of(code) == _code_of(code.replace("    return a + 1", "\n    return (a\n            + 1)"))
-    assert _code_of(code) != _code_of(code.replace("a + 1", "a + 2"))
-    assert _code_of(code) != _code_of(code.replace("x: int = 1", "x: int = 2"))
 
 
 def test_a_corrupt_cache_entry_is_an_error_not_a_retrain(tiny, tmp_path, monkeypatch):
@@ -156,7 +146,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tiny, tmp
         train(replace(tiny, steps=6), progress=False, cache=False, checkpoint_dir=tmp_path, checkpoint_every=1)
     assert list(err.value.history["step"]) == [0, 1, 2]  # the good steps are not lost
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert saved["meta"]["step"] == 3 and all(torch.isfinite(v).all() for v in saved["policy"].values())
+    assert saved["meta"]["step"] == 3 and all(torch.isfinite(v).all() for v in saved["state"]["policy"].values())
 
 
 def test_staleness_samples_with_an_old_policy(tiny):
@@ -185,17 +175,17 @@ def test_every_loss_changes_the_parameters_and_raises_reward(name):
     start, _, _ = make_policy(resolve(cfg))
     before = {k: v.clone() for k, v in start.state_dict().items()}
     captured = {}
-    real_setup = train_module._setup
+    real_setup = loop.setup
 
     def keep_state(*args):
         captured["state"] = real_setup(*args)
         return captured["state"]
 
-    train_module._setup = keep_state
+    loop.setup = keep_state
     try:
         hist = train(cfg, progress=False, cache=False)
     finally:
-        train_module._setup = real_setup
+        loop.setup = real_setup
     after = captured["state"].policy.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     acc = hist["eval/accuracy"].dropna().values
@@ -207,13 +197,13 @@ def test_the_final_policy_is_stored_with_the_run(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setenv("XXPO_CACHE", str(tmp_path))
     captured = {}
-    real_setup = train_module._setup
+    real_setup = loop.setup
 
     def keep_state(*args):
         captured["state"] = real_setup(*args)
         return captured["state"]
 
-    monkeypatch.setattr(train_module, "_setup", keep_state)
+    monkeypatch.setattr(loop, "setup", keep_state)
     hist = train(tiny, progress=False)
     model, tokenizer = load_policy(hist)
     trained = captured["state"].policy.state_dict()
@@ -237,9 +227,9 @@ def test_overlong_shaping_is_dapos_linear_ramp_over_the_last_tokens():
     cfg = resolve(Config(T_max=10, overlong_buffer=4, overlong_penalty=1.0, reward_offset=0.5))
     correct = torch.tensor([True, True, False, True, False])
     lengths = torch.tensor([5, 6, 8, 10, 9])
-    reward = train_module._shaped_reward(correct, lengths, cfg)
+    reward = loop.shaped_reward(correct, lengths, cfg)
     torch.testing.assert_close(reward, torch.tensor([1.5, 1.5, 0.5 - 0.5, 1.5 - 1.0, 0.5 - 0.75]))
-    plain = train_module._shaped_reward(correct, lengths, replace(cfg, overlong_buffer=0, reward_offset=0.0))
+    plain = loop.shaped_reward(correct, lengths, replace(cfg, overlong_buffer=0, reward_offset=0.0))
     torch.testing.assert_close(plain, correct.float())
 
 

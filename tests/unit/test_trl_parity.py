@@ -261,10 +261,10 @@ def test_large_data_exercises_every_clip_branch():
     d = make_data("large")
     m = d.mask.bool()
     _, _, info = run_ours(CASES[0], d, 0.0)  # grpo, eps 0.2 / 0.28
-    assert (info["clip_low"] & m).any() and (info["clip_high"] & m).any()
-    assert (~info["clip_low"] & ~info["clip_high"] & info["out_of_band"] & m).any()  # A < 0, r ≫ 1: unclipped
+    assert (info.clip_low & m).any() and (info.clip_high & m).any()
+    assert (~info.clip_low & ~info.clip_high & info.out_of_band & m).any()  # A < 0, r ≫ 1: unclipped
     _, _, info = run_ours(CASES[4], d, 0.0)  # gspo, eps 0.2 / 0.28
-    seq_low, seq_high = info["clip_low"][:, 0], info["clip_high"][:, 0]
+    seq_low, seq_high = info.clip_low[:, 0], info.clip_high[:, 0]
     assert seq_low.any() and seq_high.any() and (~seq_low & ~seq_high).any()
     r = torch.exp(d.logp - d.old)
     assert (r[m] > 5.0).any() and (r[m] < 0.8).any()

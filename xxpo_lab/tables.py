@@ -1,0 +1,69 @@
+"""Reading run tables: one summary per run and seed, and the per-update and per-group columns as long tables.
+
+`compare` returns one long table (one row per run, seed and step) whose columns are the metrics of
+`diagnostics.GLOSSARY`, the run's label, seed and key, and the Config fields that vary between the
+runs. These functions turn it into what a chapter or the command line reports, without parsing
+labels or column names.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields
+
+import pandas as pd
+
+from xxpo_lab.config import Config
+
+CONFIG_FIELDS = {f.name for f in fields(Config)}
+MODEL_MB = ("mem/policy_params_mb", "mem/policy_optim_mb", "mem/critic_params_mb", "mem/critic_optim_mb")
+
+
+def id_columns(table: pd.DataFrame) -> list[str]:
+    """The columns that say which run a row belongs to: run, seed, key and the Config fields present."""
+    return [c for c in table if c in ("run", "seed", "key") or c in CONFIG_FIELDS]
+
+
+def summary(table: pd.DataFrame, metric: str = "eval/accuracy") -> pd.DataFrame:
+    """One row per run and seed: the identifying columns, then `metric` at the start (first logged value),
+    at the end (last), and its mean over the logged values after the start ('mean', the area under the
+    curve per evaluation); the median milliseconds per step, the training seconds (sum of time/step),
+    the samples drawn, the memory of parameters and optimizer state (policy + critic, MB) and the peak
+    memory of the process (MB). Shared by the chapters and `python -m xxpo_lab compare`."""
+    ids = id_columns(table)
+    rows = []
+    for _, part in table.groupby(["run", "seed"], sort=False):
+        values = part[metric].dropna()
+        rows.append(part[ids].iloc[0].to_dict() | {
+            "start": values.iloc[0], "end": values.iloc[-1], "mean": values.iloc[1:].mean(),
+            "step_ms": 1000 * part["time/step"].median(), "train_s": part["time/step"].sum(),
+            "samples": part["samples"].max(), "model_mb": part[list(MODEL_MB)].median().sum(),
+            "peak_mb": part["mem/peak_mb"].max()})
+    return pd.DataFrame(rows)
+
+
+def updates(table: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
+    """The metrics logged per update of a step ('kl/k3@u7': update 7) as a long table: one row per run,
+    seed, step and `update` (0 .. K-1), one column per metric (default: all of them)."""
+    return _indexed(table, "u", "update", metrics)
+
+
+def group_counts(table: pd.DataFrame) -> pd.DataFrame:
+    """The share of each step's groups with k right answers ('groups/correct@k') as a long table: one row
+    per run, seed, step and `k`, with the column 'share'."""
+    return _indexed(table, "", "k", ["groups/correct"]).rename(columns={"groups/correct": "share"})
+
+
+def _indexed(table: pd.DataFrame, tag: str, index: str, metrics: list[str] | None) -> pd.DataFrame:
+    pattern = re.compile(rf"^(.+)@{tag}(\d+)$")
+    found = [(m.group(1), int(m.group(2)), c) for c in table if (m := pattern.match(c))]
+    found = [f for f in found if metrics is None or f[0] in metrics]
+    if not found:
+        raise KeyError(f"no column of the form <metric>@{tag}<n> for {metrics or 'any metric'} in this table")
+    keys = id_columns(table) + ["step"]
+    parts = []
+    for i in sorted({i for _, i, _ in found}):
+        cols = {c: name for name, j, c in found if j == i}
+        part = table[keys + list(cols)].rename(columns=cols).dropna(subset=list(cols.values()), how="all")
+        parts.append(part.assign(**{index: i}))
+    return pd.concat(parts, ignore_index=True)[keys + [index] + sorted({n for n, _, _ in found})]
