@@ -38,12 +38,23 @@ def _broadcast(per_seq: Tensor, mask: Tensor) -> Tensor:
     return per_seq[:, None] * mask
 
 
-def _masked_whiten(x: Tensor, mask: Tensor, eps: float) -> Tensor:
-    """(x - mean) / (std + eps) over the valid tokens of the batch (TRL's masked_whiten)."""
+def _masked_whiten(x: Tensor, mask: Tensor) -> Tensor:
+    """(x - mean)·rsqrt(var + 1e-8) over the valid tokens of the batch, var with Bessel's correction: TRL's and
+    verl's `masked_whiten`, exactly. Zero on padding."""
     n = mask.sum().clamp(min=1.0)
     mean = (x * mask).sum() / n
     var = (((x - mean) * mask) ** 2).sum() / (n - 1).clamp(min=1.0)
-    return (x - mean) / (var.sqrt() + eps) * mask
+    return (x - mean) * torch.rsqrt(var + 1e-8) * mask
+
+
+def reward_to_go(token_reward: Tensor, mask: Tensor, gamma: float) -> Tensor:
+    """G_t = Σ_{s≥t} γ^{s-t} r_s over each response's tokens (0 on padding). Args/returns: [B, T]."""
+    returns = torch.zeros_like(token_reward)
+    running = torch.zeros_like(token_reward[:, 0])
+    for t in reversed(range(token_reward.shape[1])):
+        running = (token_reward[:, t] + gamma * running) * mask[:, t]
+        returns[:, t] = running
+    return returns
 
 
 # -------------------------------------------------------------------------------------------------
@@ -90,12 +101,12 @@ def rloo(b: Batch, cfg):
 def reinforce_pp(b: Batch, cfg):
     """REINFORCE++ (Hu 2025, arXiv 2501.03262): return-to-go, whitened over the whole batch (no groups).
 
-    G_t = Σ_{s≥t} r_s (γ = 1) with the KL penalty in r when cfg.kl_in == 'reward'; A = whiten(G) over
-    all valid tokens of the batch. Book: ch. 10.
+    G_t = Σ_{s≥t} γ^{s-t} r_s (γ = cfg.gamma, verl's algorithm.gamma) with the KL penalty in r when
+    cfg.kl_in == 'reward'; A = whiten(G) over all valid tokens of the batch, as verl's
+    `compute_reinforce_plus_plus_outcome_advantage`.
     """
     _, token_reward = shaped_rewards(b, cfg)
-    returns = token_reward.flip(-1).cumsum(-1).flip(-1)  # [B, T] reward-to-go
-    return _masked_whiten(returns, b.mask, cfg.adv_eps), None
+    return _masked_whiten(reward_to_go(token_reward, b.mask, cfg.gamma), b.mask), None
 
 
 def reinforce_pp_baseline(b: Batch, cfg):
@@ -105,7 +116,7 @@ def reinforce_pp_baseline(b: Batch, cfg):
     """
     R, _ = shaped_rewards(b, cfg)
     g = R.view(-1, cfg.G)
-    return _masked_whiten(_broadcast((g - g.mean(-1, keepdim=True)).reshape(-1), b.mask), b.mask, cfg.adv_eps), None
+    return _masked_whiten(_broadcast((g - g.mean(-1, keepdim=True)).reshape(-1), b.mask), b.mask), None
 
 
 def win_rate(b: Batch, cfg):
@@ -143,11 +154,11 @@ def gae(token_reward: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: f
 
 
 def gae_critic(b: Batch, cfg):
-    """PPO: GAE from the token critic's values at sampling time, whitened over the batch (TRL's PPO).
-    The critic regresses on the returns. Book: ch. 1, 2."""
+    """PPO: GAE from the token critic's values at sampling time, whitened over all valid tokens of the batch
+    (TRL's PPO, verl's `gae`). The critic regresses on the returns, computed before whitening. Book: ch. 1, 2."""
     _, token_reward = shaped_rewards(b, cfg)
     adv, returns = gae(token_reward, b.values, b.mask, cfg.gamma, cfg.lam)
-    return _masked_whiten(adv, b.mask, cfg.adv_eps), returns
+    return _masked_whiten(adv, b.mask), returns
 
 
 def prompt_critic(b: Batch, cfg):

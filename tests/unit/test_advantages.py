@@ -143,10 +143,36 @@ def test_advantages_are_zero_on_padding(name):
 def test_reinforce_pp_whitens_over_the_valid_tokens_of_the_batch():
     b = make_batch(torch.randn(8, generator=torch.Generator().manual_seed(1), dtype=F64),
                    lengths=[3, 1, 2, 4, 2, 4, 1, 3], T=4)
-    adv, _ = reinforce_pp(b, replace(CFG, adv_eps=1e-12))
+    adv, _ = reinforce_pp(b, CFG)
     valid = adv[b.mask == 1]
     check(valid.mean(), 0.0)
     check(valid.std(), 1.0)  # unbiased, as _masked_whiten divides by n - 1
+
+
+def test_whitening_is_trl_and_verl_masked_whiten():
+    # x = (1, 1.0002) on two valid tokens: mean 1.0001, unbiased var = 2·1e-8 = 2e-8
+    # TRL/verl: (x - mean)·rsqrt(var + 1e-8) = ±1e-4 / sqrt(3e-8) = ±0.57735; /(std + 1e-4) would give ±0.58579
+    from xxpo_lab.advantages import _masked_whiten
+
+    x = torch.tensor([[1.0, 1.0002, 7.0]], dtype=F64)
+    mask = torch.tensor([[1.0, 1.0, 0.0]], dtype=F64)
+    check(_masked_whiten(x, mask), [[-1 / 3**0.5, 1 / 3**0.5, 0.0]], atol=1e-4)
+
+
+def test_reinforce_pp_reward_to_go_runs_backwards_with_gamma():
+    # per-token rewards r = (1, 0, 2) on a 3-token response: with γ = 0.5 the returns are
+    # G_2 = 2, G_1 = 0 + 0.5·2 = 1, G_0 = 1 + 0.5·1 = 1.5 (summed forwards they would be 1, 1, 3)
+    from xxpo_lab.advantages import reward_to_go
+
+    mask = torch.ones(1, 3, dtype=F64)
+    check(reward_to_go(torch.tensor([[1.0, 0.0, 2.0]], dtype=F64), mask, 0.5), [[1.5, 1.0, 2.0]])
+    check(reward_to_go(torch.tensor([[1.0, 0.0, 2.0]], dtype=F64), mask, 1.0), [[3.0, 2.0, 2.0]])
+    # in reinforce_pp: an outcome reward of 1 on the last of 3 tokens, γ = 0.5 -> returns (0.25, 0.5, 1), whitened
+    b = make_batch([1.0, 0.0], lengths=[3, 3], T=3)
+    adv, _ = reinforce_pp(b, replace(CFG, G=2, gamma=0.5))
+    returns = torch.tensor([0.25, 0.5, 1.0, 0.0, 0.0, 0.0], dtype=F64)
+    expected = (returns - returns.mean()) / (returns.var() + 1e-8).sqrt()
+    check(adv.reshape(-1), expected)
 
 
 def test_prompt_critic_advantage_is_reward_minus_sigmoid_value():

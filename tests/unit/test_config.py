@@ -33,6 +33,23 @@ from xxpo_lab import Config, ConfigError, field_docs, resolve, sized
     ({"grad_stats_batches": 2}, r"Config.grad_stats_batches = 2 .* >= 3"),
     ({"task": "addition", "difficulty": 9}, r"Config.difficulty = 9 .* 'addition'.* \[1, 6\]"),
     ({"loss": "sppo", "reward_offset": 1.0}, r"Config.reward_offset = 1.0 .* adv='sppo'"),
+    # types: every field holds its annotated type, floats are finite
+    ({"beta": float("nan")}, r"Config.beta = nan .* must be a finite float"),
+    ({"weight_decay": float("nan")}, r"Config.weight_decay = nan"),
+    ({"overlong_penalty": float("nan")}, r"Config.overlong_penalty = nan"),
+    ({"lr": float("inf")}, r"Config.lr = inf .* must be a finite float"),
+    ({"steps": 2.5}, r"Config.steps = 2.5 .* must be an int"),
+    ({"P": "16"}, r"Config.P = '16' .* must be an int"),
+    ({"G": True}, r"Config.G = True .* must be an int"),
+    ({"dynamic_sampling": 1}, r"Config.dynamic_sampling = 1 .* must be a bool"),
+    ({"loss": 3}, r"Config.loss = 3 .* must be a str"),
+    ({"eps_low": "0.2"}, r"Config.eps_low = '0.2' .* must be a finite float or None"),
+    # switches a loss does not honour, and GSPO with per-token advantages
+    ({"loss": "sapo", "dual_clip_c": 3.0}, r"Config.dual_clip_c = 3.0 .* loss 'sapo' does not use it .* ppo"),
+    ({"loss": "gspo", "dual_clip_c": 3.0}, r"Config.dual_clip_c = 3.0 .* loss 'gspo' does not use it"),
+    ({"loss": "grpo", "behav_weight_cap": 5.0}, r"Config.behav_weight_cap = 5.0 .* does not use it .* decoupled_ppo"),
+    ({"loss": "gspo", "adv": "gae"}, r"Config.loss = 'gspo' .* one advantage per sequence.*'gae'.*gspo_token"),
+    ({"loss": "gspo", "adv": "reinforce_pp", "gamma": 0.9}, r"Config.loss = 'gspo' .* per token"),
 ])
 def test_bad_values_fail_when_the_config_is_made(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -74,3 +91,10 @@ def test_fast_mode_shrinks_sizes_only(monkeypatch):
     assert replace(small, steps=cfg.steps, P=cfg.P, eval_prompts=cfg.eval_prompts, eval_every=cfg.eval_every,
                    grad_stats_batches=cfg.grad_stats_batches, warm_start_acc=cfg.warm_start_acc,
                    warm_start_min_steps=cfg.warm_start_min_steps) == cfg
+
+
+def test_the_combinations_that_stay_allowed():
+    Config(loss="gspo_token", adv="gae")  # GSPO-token takes per-token advantages
+    Config(loss="gspo", adv="reinforce_pp")  # γ = 1 and no KL in the reward: one return per sequence
+    Config(loss="decoupled_ppo", dual_clip_c=3.0, behav_weight_cap=5.0)
+    Config(lr=1)  # an int where a float is expected is a number
