@@ -6,8 +6,9 @@ definition uses, across the package's modules, and hash the definitions reached,
 without docstrings (so comments, docstrings and layout never retrain anything). Two places are
 followed by name instead of whole:
 
-- the registries (`LOSSES`, `ADVANTAGES`, `TASKS`, ...) contribute only the entries whose names
-  appear in the payload (the config says `loss="grpo"`: GRPO's entry and what it uses, not DAPO's);
+- the registries (`LOSSES`, `ADVANTAGES`, `TASKS`, ...) contribute only the entries the payload names
+  under the config field that picks them (`loss="grpo"`: GRPO's entry and what it uses, not DAPO's;
+  a payload that names none of them under that field gets the whole registry);
 - `config.py`, `store.py` and this module are not followed: the resolved config is in the key itself,
   and the cache's own plumbing cannot change a number.
 
@@ -25,9 +26,10 @@ from pathlib import Path
 PACKAGE = "xxpo_lab"
 NOT_FOLLOWED = {"config", "store", "codekey"}
 """Modules whose code cannot change a cached number (the resolved config is in every key)."""
-REGISTRIES = {("losses", "LOSSES"), ("advantages", "ADVANTAGES"), ("advantages", "CRITIC_KIND"),
-              ("tasks", "TASKS"), ("tasks", "DEFAULT_DIFFICULTY"), ("blocks", "KL_ESTIMATORS")}
-"""Dicts keyed by a name a config gives; only the named entries are hashed."""
+REGISTRIES = {("losses", "LOSSES"): "loss", ("advantages", "ADVANTAGES"): "adv", ("advantages", "CRITIC_KIND"): "adv",
+              ("tasks", "TASKS"): "task", ("tasks", "DEFAULT_DIFFICULTY"): "task",
+              ("blocks", "KL_ESTIMATORS"): "kl_estimator"}
+"""Dicts keyed by a name a config field gives: only the entries the payload names under that field are hashed."""
 
 
 @cache
@@ -40,12 +42,11 @@ def package_sources() -> dict[str, str]:
 def code_hash(roots: list[str], payload=None, sources: dict[str, str] | None = None) -> str:
     """Hash of the definitions reachable from `roots` ('module.name'), registries cut to the names in `payload`.
 
-    `payload` is the JSON-able description of the cached thing (a config dict, a table's parameters):
-    every string in it selects the registry entries of that name. `sources` replaces the package's
-    files (tests edit a copy of them). Returns 16 hex digits.
+    `payload` is the JSON-able description of the cached thing (a config dict, a table's parameters): the
+    names it gives under 'loss', 'adv', 'task' and 'kl_estimator', at any depth, select the registries'
+    entries. `sources` replaces the package's files (tests edit a copy of them). Returns 16 hex digits.
     """
     index = _index(tuple(sorted((sources or package_sources()).items())))
-    names = _strings(payload)
     todo = [tuple(r.split(".", 1)) for r in roots]
     seen: dict[tuple[str, str], str] = {}
     while todo:
@@ -54,7 +55,8 @@ def code_hash(roots: list[str], payload=None, sources: dict[str, str] | None = N
             continue
         node = index[module][0][name]
         if (module, name) in REGISTRIES:
-            entries = [(k, v) for k, v in zip(node.value.keys, node.value.values) if k.value in names]
+            names = _named(payload, REGISTRIES[module, name])
+            entries = [(k, v) for k, v in zip(node.value.keys, node.value.values) if not names or k.value in names]
             seen[(module, name)] = repr([(k.value, ast.dump(v)) for k, v in entries])
             todo += _uses([v for _, v in entries], module, index)
         else:
@@ -78,7 +80,7 @@ def _index(sources: tuple[tuple[str, str], ...]) -> dict[str, tuple[dict[str, as
                 defs[node.name] = node
             elif isinstance(node, ast.Assign | ast.AnnAssign):
                 for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
-                    for n in ast.walk(target):
+                    for n in [target, *getattr(target, "elts", [])]:  # X = ... and X, Y = ...
                         if isinstance(n, ast.Name):
                             defs[n.id] = node
             elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == PACKAGE:
@@ -121,12 +123,15 @@ def _without_docstrings(tree: ast.Module) -> ast.Module:
     return tree
 
 
-def _strings(payload) -> set[str]:
-    """Every string in a JSON-able payload (dict keys excluded)."""
-    if isinstance(payload, str):
-        return {payload}
+def _named(payload, field: str) -> set[str]:
+    """The names a JSON-able payload gives under the key `field`, at any depth (a string or a list of them)."""
+    found = set()
     if isinstance(payload, dict):
-        return set().union(*map(_strings, payload.values()))
-    if isinstance(payload, list | tuple | set | frozenset):
-        return set().union(*map(_strings, payload))
-    return set()
+        for key, value in payload.items():
+            if key == field and isinstance(value, str | list | tuple):
+                found |= {value} if isinstance(value, str) else {v for v in value if isinstance(v, str)}
+            found |= _named(value, field)
+    elif isinstance(payload, list | tuple):
+        for value in payload:
+            found |= _named(value, field)
+    return found

@@ -128,6 +128,13 @@ WARM_CODE = ["policy.build_policy", "policy.load_pretrained", "policy.warm_start
 """The entry points of a warm start: the code reachable from them keys the warm-start cache."""
 
 
+def warm_key(cfg, device, sources: dict[str, str] | None = None) -> str:
+    """The cache key of a (resolved) config's warm start: the WARM_FIELDS, the device type and the hash of the
+    code a warm start runs (`sources` replaces the package's files, for tests)."""
+    spec = {f: getattr(cfg, f) for f in WARM_FIELDS}
+    return key_of({"warm": spec, "code": code_hash(WARM_CODE, spec, sources), "device": torch.device(device).type})
+
+
 def make_policy(cfg, device=None, use_cache: bool = True):
     """The warm-started policy for `cfg` and its tokenizer, from the cache when it is there.
 
@@ -140,7 +147,7 @@ def make_policy(cfg, device=None, use_cache: bool = True):
     cfg = resolve(cfg)
     device = pick_device(None if device is None else str(device))
     spec = {f: getattr(cfg, f) for f in WARM_FIELDS}
-    key = key_of({"warm": spec, "code": code_hash(WARM_CODE, spec), "device": device.type})
+    key = warm_key(cfg, device)
     path = cache_dir() / "warm" / f"{key}.pt"
     if cfg.model_name:
         model, tokenizer = load_pretrained(cfg.model_name)
