@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pandas as pd
 
 
 def in_book_build() -> bool:
@@ -50,36 +51,47 @@ def glue(name: str, value, fmt: str = "") -> None:
     myst_glue(name, value, display=False)
 
 
-def sweep_figure(table, param: str, metrics, by: str = "run", x: str = "step", smooth: int = 1,
-                 title: str = "", order: list | None = None):
+def glue_range(name: str, values, fmt: str = "") -> None:
+    """Glue the lowest and the highest of `values` (one per seed) as name_min and name_max, for a prose range
+    such as {glue:text}`name_min`–{glue:text}`name_max`."""
+    values = np.asarray(values, dtype=float)
+    glue(f"{name}_min", float(np.nanmin(values)), fmt)
+    glue(f"{name}_max", float(np.nanmax(values)), fmt)
+
+
+def sweep_figure(table, param: str, metrics, by: str = "run", method: str | None = "loss", x: str = "step",
+                 smooth: int = 1, title: str = "", order: list | None = None):
     """One plotly figure with a slider over `param`: every position shows real runs at that value.
 
     table: the long table of `runs.compare` (or any DataFrame with columns by, param, 'seed', x and the
     metrics). Each position draws, per `by` group, the mean over seeds and a band from the lowest to the
-    highest seed. Precomputed, so the slider works on the website without a kernel. `order` fixes the
-    slider's positions (default: the sorted values of `param`).
+    highest seed, coloured by method as in every figure of the book (`plots.styles`). Precomputed, so the
+    slider works on the website without a kernel. `order` fixes the slider's positions (default: the
+    sorted values of `param`).
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from xxpo_lab.plots import COLORS, rgba
+    from xxpo_lab.plots import rgba, styles
 
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     values = list(order) if order is not None else sorted(table[param].dropna().unique())
     table = table[table[param].isin(values)]
-    groups = list(dict.fromkeys(table[by]))
+    look = styles(table, by, method)
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=metrics, horizontal_spacing=0.08)
     owner = []  # param value of each trace
     ranges = {metric: [np.inf, -np.inf] for metric in metrics}  # one y range per panel, so positions compare
+    dash = {"-": "solid", "--": "dash", ":": "dot", "-.": "dashdot"}
     for v in values:
         part = table[table[param] == v]
-        for gi, g in enumerate(groups):
-            color = COLORS[gi % len(COLORS)]
+        for g, (color, ls) in look.items():
             for col, metric in enumerate(metrics, start=1):
                 wide = part[part[by] == g].pivot_table(index=x, columns="seed", values=metric).sort_index()
                 if smooth > 1:
                     wide = wide.rolling(smooth, min_periods=1).mean()
                 wide = wide.dropna(how="all")
+                if wide.empty:
+                    continue
                 ranges[metric] = [min(ranges[metric][0], np.nanmin(wide.values)),
                                   max(ranges[metric][1], np.nanmax(wide.values))]
                 common = {"x": wide.index, "legendgroup": str(g), "visible": v == values[0], "hoverinfo": "skip",
@@ -88,8 +100,9 @@ def sweep_figure(table, param: str, metrics, by: str = "run", x: str = "step", s
                               row=1, col=col)
                 fig.add_trace(go.Scatter(y=wide.max(axis=1), line={"width": 0}, fill="tonexty",
                                          fillcolor=rgba(color, 0.2), showlegend=False, **common), row=1, col=col)
-                fig.add_trace(go.Scatter(y=wide.mean(axis=1), name=f"{g} ({wide.shape[1]} seeds)", line_color=color,
-                                         showlegend=col == 1, **(common | {"hoverinfo": "x+y+name"})), row=1, col=col)
+                fig.add_trace(go.Scatter(y=wide.mean(axis=1), name=f"{g} ({wide.shape[1]} seeds)",
+                                         line={"color": color, "dash": dash[ls]}, showlegend=col == 1,
+                                         **(common | {"hoverinfo": "x+y+name"})), row=1, col=col)
                 owner += [v, v, v]
     steps = [{"label": f"{v:g}" if isinstance(v, float) else str(v), "method": "update",
               "args": [{"visible": [o == v for o in owner]}, {"title.text": f"{title} {param} = {v}".strip()}]}
@@ -104,3 +117,25 @@ def sweep_figure(table, param: str, metrics, by: str = "run", x: str = "step", s
         pad = 0.05 * (hi - lo) if hi > lo else 0.05
         fig.update_yaxes(range=[lo - pad, hi + pad], row=1, col=col)
     return fig
+
+
+def sweep(table, param: str, metrics, by: str = "run", method: str | None = "loss", x: str = "step",
+          smooth: int = 1, title: str = "", order: list | None = None, reduce: str = "mean"):
+    """The slider over `param` (`sweep_figure`, kernel-free) and its static per-seed twin in one call.
+
+    The twin (`plots.per_value`) shows every position at once: per `by` group and seed, each metric reduced
+    over training ('mean' of the logged values after the first, or 'end', the last one). Displays the
+    slider and returns the twin's Figure (the notebook shows it)."""
+    show(sweep_figure(table, param, metrics, by, method, x, smooth, title, order))
+    from xxpo_lab.plots import per_value
+
+    rows = []
+    for (v, g, seed), part in table.groupby([param, by, "seed"], sort=False):
+        rows.append({param: v, by: g, "seed": seed} | {
+            m: (part[m].dropna().iloc[1:].mean() if reduce == "mean" else part[m].dropna().iloc[-1]) for m in metrics})
+    label = {"mean": "mean over training", "end": "at the end"}[reduce]
+    static = pd.DataFrame(rows).rename(columns={m: f"{m}, {label}" for m in metrics})
+    if method and method in table:
+        static[method] = static[by].map(table.groupby(by)[method].first())
+    return per_value(static, param, [f"{m}, {label}" for m in metrics], by=by, order=order or None, method=method,
+                     title=f"{title} every {param} at once (dots: seeds)".strip())

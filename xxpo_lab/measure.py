@@ -71,3 +71,30 @@ def score_norms(cfg: Config, n: int = 128, seed: int = 0, device: str | None = N
             if len(rows) == n:
                 break
     return pd.DataFrame(rows)
+
+
+def sample_batch(cfg: Config, seed: int = 0, device: str | None = None):
+    """One prepared batch from the warm-start policy, exactly as training's first step sees it (responses,
+    rewards, advantages, prox_logp), with the state it came from. Returns (state, batch). Book: ch. 0, 3."""
+    cfg = resolve(sized(cfg))
+    state = setup(cfg, pick_device(device))
+    rng, gen = random.Random(seed), torch.Generator(device=state.device).manual_seed(seed)
+    b, _ = collect(state, state.policy, 0, rng, gen, {})
+    b.version_gap = torch.ones_like(b.version)
+    prepare(state, b, {})
+    return state, b
+
+
+def reuse_one_batch(cfg: Config, seed: int = 0, device: str | None = None):
+    """Sample one batch from the warm start and take cfg.epochs full-batch updates on it; returns (state,
+    batch, [logp at the start of each update]) so that a chapter can show what the loss does to each token
+    at update 0 and at update K-1 (`book.token_effects`). Book: ch. 1."""
+    from xxpo_lab.loop import update
+
+    state, b = sample_batch(cfg, seed, device)
+    logps = []
+    for _ in range(state.cfg.epochs):
+        with torch.no_grad():
+            logps.append(token_logp(state.policy, b.prompt_ids, b.prompt_mask, b.resp_ids, state.cfg.temperature))
+        update(state, b, 0)
+    return state, b, logps

@@ -1,15 +1,18 @@
 """The family tree data, the plots, and the notebooks' committed form."""
 
+import inspect
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
 import pandas as pd
 import pytest
+import torch
 import yaml
 
-from xxpo_lab import ADVANTAGES, LOSSES
+from xxpo_lab import ADVANTAGES, LOSSES, resolve
 from xxpo_lab.family import FAMILY, family_table, family_tree, layout
 
 matplotlib.use("Agg")
@@ -121,3 +124,39 @@ def test_glue_turns_numpy_numbers_into_python_numbers(monkeypatch, capsys):
     monkeypatch.setitem(_sys.modules, "myst_nb", None)  # outside a book build: the value is printed
     glue("x", np.float64(0.25), ".2f")
     assert capsys.readouterr().out == "x = 0.25\n"
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_the_minimal_loop_moves_the_policy_as_train_does(tiny, epochs):
+    """The book's one-page loop (xxpo_lab/minimal.py) is the lab's step: after one step of each from the same
+    warm start and seed, the policies agree and the batches had the same reward. Both take plain SGD steps
+    here: Adam's first step is lr·sign(g), which turns float rounding (the lab sums its shuffled minibatch
+    in another order) into full-size differences on parameters whose gradient is ~0."""
+    import random
+
+    from xxpo_lab import loop, minimal
+    from xxpo_lab.policy import make_policy
+
+    cfg = resolve(replace(tiny, epochs=epochs, lr=0.5, warmup_steps=1))
+    state = loop.setup(cfg, torch.device("cpu"))
+    state.opt = torch.optim.SGD(state.policy.parameters(), lr=cfg.lr)
+    row = loop.training_step(state, 0)
+
+    policy, tok, _ = make_policy(cfg, torch.device("cpu"))
+    opt = torch.optim.SGD(policy.parameters(), lr=cfg.lr)
+    task = loop.make_task(cfg.task, cfg.difficulty)
+    reward = minimal.grpo_step(policy, opt, task, tok, random.Random(cfg.seed),
+                               torch.Generator().manual_seed(cfg.seed), cfg)
+    assert reward == pytest.approx(row["reward/mean"])
+    lab = state.policy.state_dict()
+    moved = [k for k, v in policy.state_dict().items() if not torch.equal(v, make_policy(cfg)[0].state_dict()[k])]
+    assert moved, "the minimal step changed nothing"
+    for k, v in policy.state_dict().items():
+        torch.testing.assert_close(v, lab[k], atol=1e-5, rtol=1e-4)
+
+
+def test_the_minimal_loop_is_short():
+    from xxpo_lab import minimal
+
+    code = [line for line in inspect.getsource(minimal).splitlines()[8:] if line.strip()]
+    assert len(code) <= 80, len(code)

@@ -1,0 +1,202 @@
+"""The book's devices: the library's source shown highlighted, the diff between two neighbours, and the
+token view (each sampled token coloured by what a loss does to it).
+
+Each returns an object that a notebook displays as HTML with inline styles, so it looks the same on
+the website (no kernel, no extra CSS) and on Colab.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import html
+import inspect
+import textwrap
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from xxpo_lab.batch import Batch
+from xxpo_lab.config import Config
+from xxpo_lab.losses import get_loss
+
+BOX = ("font-family: var(--pst-font-family-monospace, monospace); font-size: 0.82em; line-height: 1.45; "
+       "overflow-x: auto; border: 1px solid #ddd; border-radius: 4px; padding: 6px 0; margin: 0.5em 0 1em;")
+
+
+class Html:
+    """An HTML fragment a notebook displays (`_repr_html_`); `.text` is the plain source for tests."""
+
+    def __init__(self, fragment: str, text: str = ""):
+        self.fragment, self.text = fragment, text
+
+    def _repr_html_(self) -> str:
+        return self.fragment
+
+
+# -------------------------------------------------------------------------------------------------
+# source and diffs
+
+
+def source_of(obj, docstring: str = "summary") -> str:
+    """The source of a function or class, with its docstring cut to its first paragraph ('summary'), kept
+    ('full') or dropped ('none'), so the page shows what the reader needs."""
+    src = textwrap.dedent(inspect.getsource(obj))
+    if docstring == "full":
+        return src
+    node = ast.parse(src).body[0]
+    first = node.body[0]
+    if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)):
+        return src
+    lines = src.splitlines()
+    indent = " " * first.col_offset
+    summary = inspect.cleandoc(first.value.value).split("\n\n")[0]
+    kept = [] if docstring == "none" else [indent + '"""' + summary.replace("\n", "\n" + indent) + '"""']
+    return "\n".join(lines[:first.lineno - 1] + kept + lines[first.end_lineno:]) + "\n"
+
+
+def show_source(*objs, docstring: str = "summary") -> Html:
+    """The source of each function or class, highlighted, with line numbers and where it lives."""
+    return Html("".join(_code_box(source_of(o, docstring), _where(o)) for o in objs),
+                "\n".join(source_of(o, docstring) for o in objs))
+
+
+def show_diff(parent, child, context: int = 100) -> Html:
+    """The lines where two functions differ (docstrings dropped): removed lines red, added lines green,
+    the shared lines once. Every algorithm chapter's code section opens with the diff against its parent."""
+    a = source_of(parent, "none").splitlines()
+    b = source_of(child, "none").splitlines()
+    rows, text = [], []
+    for line in list(difflib.unified_diff(a, b, lineterm="", n=context))[2:]:
+        if line.startswith("@@"):
+            continue
+        mark, body = line[:1], line[1:]
+        color = {"-": "#fde8e8", "+": "#e6f6e6"}.get(mark, "transparent")
+        rows.append(f'<div style="background:{color}; white-space: pre; padding: 0 8px">'
+                    f'<span style="color:#999; user-select:none">{html.escape(mark or " ")} </span>{_highlight(body)}</div>')
+        text.append(line)
+    title = f"{_where(parent)} → {_where(child)}: − removed, + added"
+    return Html(f'<div style="{BOX}"><div style="color:#666; padding: 0 8px 4px">{html.escape(title)}</div>'
+                + "".join(rows) + "</div>", "\n".join(text))
+
+
+def _where(obj) -> str:
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def _highlight(code: str) -> str:
+    """Python source as HTML with inline colours (pygments), no surrounding block."""
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import PythonLexer
+
+    out = highlight(code, PythonLexer(), HtmlFormatter(noclasses=True, nowrap=True, style="default"))
+    return out.rstrip("\n")
+
+
+def _code_box(code: str, title: str) -> str:
+    lines = code.rstrip("\n").split("\n")
+    body = "".join(f'<div style="white-space: pre; padding: 0 8px"><span style="color:#aaa; user-select:none; '
+                   f'display:inline-block; width:2.2em">{i}</span>{_highlight(line)}</div>'
+                   for i, line in enumerate(lines, start=1))
+    return (f'<div style="{BOX}"><div style="color:#666; padding: 0 8px 4px">{html.escape(title)}</div>'
+            f"{body}</div>")
+
+
+# -------------------------------------------------------------------------------------------------
+# the token view
+
+
+@dataclass
+class TokenEffects:
+    """What a loss does to each token of a batch: its gradient weight -∂loss/∂logp [B, T] and its status
+    [B, T] ('up', 'down', 'clipped' = zero gradient from the clip, 'none' = zero gradient because the
+    advantage is 0, 'masked' = not in the loss)."""
+
+    weight: Tensor
+    status: list[list[str]]
+    ratio: Tensor
+
+
+def token_effects(loss: str, logp: Tensor, b: Batch, cfg: Config) -> TokenEffects:
+    """Run the registered loss `loss` on (logp, b) and read, by autograd, the weight it puts on each token's
+    log-probability (positive: pushed up), and from its LossInfo which tokens the clip zeroed or a mask
+    dropped. Works for every registered loss: nothing is re-typed."""
+    logp = logp.detach().clone().requires_grad_(True)
+    value, info = get_loss(loss).fn(logp, b, cfg)
+    (grad,) = torch.autograd.grad(value, logp)
+    weight = -grad
+    clipped = torch.zeros_like(b.mask, dtype=torch.bool)
+    if info.clip_low is not None:
+        clipped = (info.clip_low | info.clip_high) & (weight.abs() < 1e-12)
+    dropped = b.mask == 0
+    if info.is_masked is not None:
+        dropped = dropped | info.is_masked
+    def kind(i: int, t: int) -> str:
+        if dropped[i, t]:
+            return "masked"
+        if clipped[i, t]:
+            return "clipped"
+        return "up" if weight[i, t] > 0 else "down" if weight[i, t] < 0 else "none"
+
+    status = [[kind(i, t) for t in range(b.mask.shape[1])] for i in range(b.B)]
+    return TokenEffects(weight * b.mask, status, info.ratio)
+
+
+COLORS = {"up": (44, 160, 44), "down": (214, 39, 40)}
+
+
+def token_view(rows: list[dict], scale: float | None = None) -> Html:
+    """Responses with each token coloured by what the loss does to it.
+
+    rows: one dict per response: 'label' (shown on the left), 'tokens' (strings), 'weight' and 'status'
+    (per token, from `TokenEffects`), optionally 'ratio'. Green: pushed up, red: pushed down, the shade
+    ∝ |weight| (the same `scale` for every row, default the largest |weight|); grey and struck through:
+    clipped (zero gradient); outlined: no push (zero advantage); dotted: masked. Hover a token for its
+    weight and ratio.
+    """
+    scale = scale or max((abs(w) for r in rows for w, s in zip(r["weight"], r["status"]) if s != "masked"),
+                         default=1.0) or 1.0
+    out, text = [], []
+    for r in rows:
+        cells = []
+        for t, (tok, w, s) in enumerate(zip(r["tokens"], r["weight"], r["status"])):
+            shown = html.escape(tok.replace(" ", "␣") or "∅")
+            tip = f"weight {w:+.4f}" + (f", ratio {r['ratio'][t]:.3f}" if "ratio" in r else "") + f" ({s})"
+            if s in COLORS:
+                alpha = 0.12 + 0.78 * min(1.0, abs(w) / scale)
+                css = f"background: rgba{(*COLORS[s], round(alpha, 3))}"
+            elif s == "clipped":
+                css = "background: #e0e0e0; color: #777; text-decoration: line-through"
+            elif s == "none":
+                css = "border: 1px solid #ddd"
+            else:
+                css = "border: 1px dotted #bbb; color: #aaa"
+            cells.append(f'<span title="{tip}" style="{css}; padding: 2px 3px; margin: 0 1px; border-radius: 3px">'
+                         f"{shown}</span>")
+        out.append(f'<div style="white-space: nowrap; margin: 3px 0"><span style="display:inline-block; '
+                   f'min-width: 15em; color:#555">{html.escape(str(r["label"]))}</span>{"".join(cells)}</div>')
+        text.append(f"{r['label']}: " + " ".join(f"{tok}[{s}:{w:+.3f}]" for tok, w, s in
+                                                zip(r["tokens"], r["weight"], r["status"])))
+    legend = ('<div style="color:#666; margin-top: 4px">'
+              '<span style="background: rgba(44,160,44,0.6); padding: 0 4px">pushed up</span> '
+              '<span style="background: rgba(214,39,40,0.6); padding: 0 4px">pushed down</span> '
+              '<span style="background:#e0e0e0; text-decoration: line-through; padding: 0 4px">clipped: zero gradient</span> '
+              '<span style="border: 1px solid #ddd; padding: 0 4px">no push (A = 0)</span> '
+              '<span style="border: 1px dotted #bbb; padding: 0 4px">masked</span> '
+              "(shade ∝ |weight|; hover a token for its numbers)</div>")
+    return Html(f'<div style="{BOX} padding: 6px 8px">{"".join(out)}{legend}</div>', "\n".join(text))
+
+
+def token_rows(tokenizer, b: Batch, effects: TokenEffects, rows: list[int], labels: list[str]) -> list[dict]:
+    """The dicts `token_view` draws, for rows `rows` of a batch: each response's tokens as text (EOS shown as
+    ⏎), its weights, statuses and ratios, up to its length."""
+    out = []
+    for i, label in zip(rows, labels):
+        n = int(b.lengths[i])
+        ids = b.resp_ids[i, :n].tolist()
+        tokens = ["⏎" if t == tokenizer.eos_token_id else tokenizer.decode([t]) for t in ids]
+        out.append({"label": label, "tokens": tokens, "weight": effects.weight[i, :n].tolist(),
+                    "status": effects.status[i][:n], "ratio": effects.ratio[i, :n].tolist()})
+    return out
