@@ -26,8 +26,14 @@ def shaped_rewards(b: Batch, cfg) -> tuple[Tensor, Tensor]:
     """
     penalty = torch.zeros_like(b.behav_logp)  # [B, T]
     if cfg.kl_in == "reward" and cfg.beta > 0:
-        penalty = cfg.beta * KL_ESTIMATORS[cfg.kl_estimator](b.behav_logp, b.ref_logp) * b.mask
-    last = (b.lengths - 1).clamp(min=0)  # [B] index of EOS (or of the last token when truncated)
+        penalty = (
+            cfg.beta
+            * KL_ESTIMATORS[cfg.kl_estimator](b.behav_logp, b.ref_logp)
+            * b.mask
+        )
+    last = (b.lengths - 1).clamp(
+        min=0
+    )  # [B] index of EOS (or of the last token when truncated)
     token_reward = -penalty
     token_reward[torch.arange(b.B), last] += b.reward
     return b.reward - penalty.sum(-1), token_reward * b.mask
@@ -95,7 +101,9 @@ def rloo(b: Batch, cfg):
     """
     R, _ = shaped_rewards(b, cfg)
     g = R.view(-1, cfg.G)
-    return _broadcast((cfg.G / (cfg.G - 1) * (g - g.mean(-1, keepdim=True))).reshape(-1), b.mask), None
+    return _broadcast(
+        (cfg.G / (cfg.G - 1) * (g - g.mean(-1, keepdim=True))).reshape(-1), b.mask
+    ), None
 
 
 def reinforce_pp(b: Batch, cfg):
@@ -116,7 +124,9 @@ def reinforce_pp_baseline(b: Batch, cfg):
     """
     R, _ = shaped_rewards(b, cfg)
     g = R.view(-1, cfg.G)
-    return _masked_whiten(_broadcast((g - g.mean(-1, keepdim=True)).reshape(-1), b.mask), b.mask), None
+    return _masked_whiten(
+        _broadcast((g - g.mean(-1, keepdim=True)).reshape(-1), b.mask), b.mask
+    ), None
 
 
 def win_rate(b: Batch, cfg):
@@ -124,8 +134,12 @@ def win_rate(b: Batch, cfg):
     arXiv 2405.00675 estimates it with a preference model; a verifiable reward gives it directly. Book: ch. 8."""
     R, _ = shaped_rewards(b, cfg)
     g = R.view(-1, cfg.G)  # [P, G]
-    wins = (g[:, :, None] > g[:, None, :]).float() + 0.5 * (g[:, :, None] == g[:, None, :]).float()  # [P, G, G]
-    p_win = (wins.sum(-1) - 0.5) / (cfg.G - 1)  # drop the self-comparison (counted as a tie)
+    wins = (g[:, :, None] > g[:, None, :]).float() + 0.5 * (
+        g[:, :, None] == g[:, None, :]
+    ).float()  # [P, G, G]
+    p_win = (wins.sum(-1) - 0.5) / (
+        cfg.G - 1
+    )  # drop the self-comparison (counted as a tie)
     return _broadcast((p_win - 0.5).reshape(-1), b.mask), None
 
 
@@ -133,7 +147,9 @@ def win_rate(b: Batch, cfg):
 # critic-based estimators
 
 
-def gae(token_reward: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+def gae(
+    token_reward: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float
+) -> tuple[Tensor, Tensor]:
     """Generalised advantage estimation (Schulman et al. 2015, arXiv 1506.02438) over response tokens.
 
     δ_t = r_t + γ·V_{t+1} - V_t,  A_t = Σ_l (γλ)^l δ_{t+l},  returns R̂_t = A_t + V_t. The value after the
@@ -190,5 +206,7 @@ CRITIC_KIND = {"gae": "token", "sppo": "prompt"}
 def get_advantage(name: str):
     """The registered estimator `name`; unknown names list the valid ones."""
     if name not in ADVANTAGES:
-        raise KeyError(f"unknown advantage {name!r}; the advantages are: {', '.join(ADVANTAGES)}")
+        raise KeyError(
+            f"unknown advantage {name!r}; the advantages are: {', '.join(ADVANTAGES)}"
+        )
     return ADVANTAGES[name]

@@ -37,14 +37,22 @@ def seq_log_ratio(logp: Tensor, anchor_logp: Tensor, mask: Tensor) -> Tensor:
     Args: logp, anchor_logp, mask [B, T]. Returns: [B, 1] (broadcasts along T).
     """
     assert logp.shape == anchor_logp.shape == mask.shape
-    return ((logp - anchor_logp) * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)
+    return ((logp - anchor_logp) * mask).sum(-1, keepdim=True) / mask.sum(
+        -1, keepdim=True
+    ).clamp(min=1.0)
 
 
 # -------------------------------------------------------------------------------------------------
 # surrogates: each returns the per-token loss (to be minimised) and what the diagnostics need
 
 
-def clip_surrogate(ratio: Tensor, adv: Tensor, eps_low: float, eps_high: float, dual_clip_c: float = 0.0):
+def clip_surrogate(
+    ratio: Tensor,
+    adv: Tensor,
+    eps_low: float,
+    eps_high: float,
+    dual_clip_c: float = 0.0,
+):
     """PPO's clipped surrogate, as a loss: ℓ = -min(r·A, clip(r, 1-eps_low, 1+eps_high)·A).
 
     The gradient is r·A·∇logp unless the clipped branch is active, i.e. (A > 0 and r > 1+eps_high)
@@ -82,7 +90,9 @@ def soft_gate(ratio: Tensor, adv: Tensor, tau_pos: float, tau_neg: float):
     Args: ratio, adv [B, T]; tau_pos, tau_neg > 0. Returns: (loss_bt [B, T], w [B, T] detached).
     """
     assert ratio.shape == adv.shape
-    tau = torch.where(adv > 0, torch.full_like(adv, tau_pos), torch.full_like(adv, tau_neg))
+    tau = torch.where(
+        adv > 0, torch.full_like(adv, tau_pos), torch.full_like(adv, tau_neg)
+    )
     gate = torch.sigmoid(tau * (ratio - 1.0))
     loss_bt = -gate * 4.0 / tau * adv
     return loss_bt, (4.0 * gate * (1.0 - gate)).detach()
@@ -99,7 +109,9 @@ def clipped_is_pg(logp: Tensor, ratio: Tensor, adv: Tensor, low: float, high: fl
     Args: logp, ratio, adv [B, T]; low < high. Returns: (loss_bt, capped [B, T] bool: weight hit a bound).
     """
     assert logp.shape == ratio.shape == adv.shape
-    weight = torch.clamp(ratio, low, high).detach()  # a weight, not a path for the gradient
+    weight = torch.clamp(
+        ratio, low, high
+    ).detach()  # a weight, not a path for the gradient
     capped = ((ratio < low) | (ratio > high)).detach()
     return -weight * adv * logp, capped
 
@@ -107,10 +119,17 @@ def clipped_is_pg(logp: Tensor, ratio: Tensor, adv: Tensor, low: float, high: fl
 # -------------------------------------------------------------------------------------------------
 # aggregation: how per-token losses become one number (the length-bias knob)
 
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+AGG_MODES = (
+    "token-mean",
+    "seq-mean-token-mean",
+    "seq-mean-token-sum",
+    "seq-mean-token-sum-norm",
+)
 
 
-def aggregate(loss_bt: Tensor, mask: Tensor, mode: str, T_max: int | None = None) -> Tensor:
+def aggregate(
+    loss_bt: Tensor, mask: Tensor, mode: str, T_max: int | None = None
+) -> Tensor:
     """Reduce a per-token loss [B, T] to a scalar. The modes are verl's `loss_agg_mode` names:
 
     token-mean               Σ_i Σ_t ℓ / Σ_i |y_i|          DAPO, TRL bnpo/dapo, verl default
@@ -135,7 +154,9 @@ def aggregate(loss_bt: Tensor, mask: Tensor, mode: str, T_max: int | None = None
     if mode == "seq-mean-token-sum-norm":
         assert T_max is not None, "seq-mean-token-sum-norm needs the constant T_max"
         return (loss_bt * mask).sum() / (loss_bt.shape[0] * T_max)
-    raise KeyError(f"unknown aggregation {mode!r}; the modes are: {', '.join(AGG_MODES)}")
+    raise KeyError(
+        f"unknown aggregation {mode!r}; the modes are: {', '.join(AGG_MODES)}"
+    )
 
 
 # -------------------------------------------------------------------------------------------------
@@ -169,7 +190,9 @@ def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
 KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 
-def kl_penalty(logp: Tensor, ref_logp: Tensor | None, beta: float, estimator: str) -> Tensor | float:
+def kl_penalty(
+    logp: Tensor, ref_logp: Tensor | None, beta: float, estimator: str
+) -> Tensor | float:
     """beta · k(logp, ref_logp) per token, to be added to a per-token loss; 0.0 without a reference."""
     if ref_logp is None or beta == 0.0:
         return 0.0

@@ -21,6 +21,8 @@ from xxpo_lab.batch import Batch
 from xxpo_lab.config import Config
 from xxpo_lab.losses import get_loss
 
+WIDTH = 88
+"""Longest line of shown source: what fits the book's column (the modules it shows keep code within it)."""
 BOX = ("font-family: var(--pst-font-family-monospace, monospace); font-size: 0.82em; line-height: 1.45; "
        "overflow-x: auto; border: 1px solid #ddd; border-radius: 4px; padding: 6px 0; margin: 0.5em 0 1em;")
 
@@ -51,8 +53,9 @@ def source_of(obj, docstring: str = "summary") -> str:
         return src
     lines = src.splitlines()
     indent = " " * first.col_offset
-    summary = inspect.cleandoc(first.value.value).split("\n\n")[0]
-    kept = [] if docstring == "none" else [indent + '"""' + summary.replace("\n", "\n" + indent) + '"""']
+    summary = " ".join(inspect.cleandoc(first.value.value).split("\n\n")[0].split())
+    wrapped = textwrap.fill('"""' + summary + '"""', WIDTH, initial_indent=indent, subsequent_indent=indent)
+    kept = [] if docstring == "none" else [wrapped]
     return "\n".join(lines[:first.lineno - 1] + kept + lines[first.end_lineno:]) + "\n"
 
 

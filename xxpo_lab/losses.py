@@ -38,11 +38,12 @@ class LossInfo:
     `diagnostics.loss_metrics` (a field with no reduction there fails the tests). Book: appendix B."""
 
     ratio: Tensor
-    """The ratio the surrogate acts on: π_θ/π_prox per token, or GSPO's sequence ratio broadcast along T."""
+    """The ratio the surrogate acts on: π_θ/π_prox per token, or GSPO's sequence ratio
+    broadcast along T."""
     clip_low: Tensor | None = None
-    """bool: the clip zeroed this token's gradient from below (A < 0, r < 1 - eps_low)."""
+    """bool: the clip zeroed the gradient from below (A < 0, r < 1 - eps_low)."""
     clip_high: Tensor | None = None
-    """bool: the clip zeroed this token's gradient from above (A > 0, r > 1 + eps_high)."""
+    """bool: the clip zeroed the gradient from above (A > 0, r > 1 + eps_high)."""
     out_of_band: Tensor | None = None
     """bool: r outside [1 - eps_low, 1 + eps_high], whatever the sign of A."""
     dual_clip: Tensor | None = None
@@ -50,21 +51,21 @@ class LossInfo:
     is_weight: Tensor | None = None
     """The detached importance weight π_prox/π_behav (decoupled PPO, A-3PO)."""
     is_masked: Tensor | None = None
-    """bool: the token was dropped because its importance weight exceeded behav_weight_cap."""
+    """bool: the token was dropped: its importance weight exceeded behav_weight_cap."""
     is_capped: Tensor | None = None
     """bool: the clipped IS weight hit a bound (CISPO; the token keeps its gradient)."""
     gate: Tensor | None = None
     """SAPO's gradient weight of the soft gate (1 at r = 1)."""
     prox_logp: Tensor | None = None
-    """The anchor the loss built itself (A-3PO's interpolation), when it is not b.prox_logp."""
+    """The anchor the loss built itself (A-3PO's interpolation), if not b.prox_logp."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
             if value is not None and value.requires_grad:
-                raise ValueError(f"LossInfo.{f.name} carries a gradient; report it detached (.detach())")
+                raise ValueError(f"LossInfo.{f.name} carries a gradient; detach it")
         if (self.clip_low is None) != (self.clip_high is None):
-            raise ValueError("LossInfo.clip_low and clip_high are reported together (clip/active_frac needs both)")
+            raise ValueError("LossInfo.clip_low and clip_high are reported together")
 
 
 LossFn = Callable[[Tensor, Batch, Config], tuple[Tensor, LossInfo]]
@@ -72,18 +73,32 @@ LossFn = Callable[[Tensor, Batch, Config], tuple[Tensor, LossInfo]]
 
 
 def _check(logp: Tensor, b: Batch) -> None:
-    assert logp.shape == b.mask.shape == b.adv.shape == b.prox_logp.shape, (logp.shape, b.mask.shape)
+    assert logp.shape == b.mask.shape == b.adv.shape == b.prox_logp.shape, (
+        logp.shape,
+        b.mask.shape,
+    )
 
 
 def _kl(logp: Tensor, b: Batch, cfg: Config) -> Tensor | float:
     """GRPO-style KL term added to the per-token loss (when cfg.kl_in == 'loss')."""
-    return kl_penalty(logp, b.ref_logp, cfg.beta, cfg.kl_estimator) if cfg.kl_in == "loss" else 0.0
+    return (
+        kl_penalty(logp, b.ref_logp, cfg.beta, cfg.kl_estimator)
+        if cfg.kl_in == "loss"
+        else 0.0
+    )
 
 
-def _clip_info(ratio: Tensor, clip_low: Tensor, clip_high: Tensor, cfg, **extra) -> LossInfo:
+def _clip_info(
+    ratio: Tensor, clip_low: Tensor, clip_high: Tensor, cfg, **extra
+) -> LossInfo:
     out_of_band = (ratio < 1.0 - cfg.eps_low) | (ratio > 1.0 + cfg.eps_high)
-    return LossInfo(ratio=ratio.detach(), clip_low=clip_low, clip_high=clip_high, out_of_band=out_of_band.detach(),
-                    **extra)
+    return LossInfo(
+        ratio=ratio.detach(),
+        clip_low=clip_low,
+        clip_high=clip_high,
+        out_of_band=out_of_band.detach(),
+        **extra,
+    )
 
 
 # -------------------------------------------------------------------------------------------------
@@ -103,7 +118,9 @@ def pg(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     loss_bt = -r * b.adv
     clip_low = ((b.adv < 0) & (r < 1.0 - cfg.eps_low)).detach()
     clip_high = ((b.adv > 0) & (r > 1.0 + cfg.eps_high)).detach()
-    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "token-mean"), _clip_info(r, clip_low, clip_high, cfg)
+    info = _clip_info(r, clip_low, clip_high, cfg)
+    loss_bt = loss_bt + _kl(logp, b, cfg)
+    return aggregate(loss_bt, b.mask, "token-mean"), info
 
 
 def ppo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
@@ -115,9 +132,12 @@ def ppo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     """
     _check(logp, b)
     r = token_ratio(logp, b.prox_logp)
-    loss_bt, clip_low, clip_high, dual = clip_surrogate(r, b.adv, cfg.eps_low, cfg.eps_high, cfg.dual_clip_c)
+    loss_bt, clip_low, clip_high, dual = clip_surrogate(
+        r, b.adv, cfg.eps_low, cfg.eps_high, cfg.dual_clip_c
+    )
     info = _clip_info(r, clip_low, clip_high, cfg, dual_clip=dual)
-    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "token-mean"), info
+    loss_bt = loss_bt + _kl(logp, b, cfg)
+    return aggregate(loss_bt, b.mask, "token-mean"), info
 
 
 # -------------------------------------------------------------------------------------------------
@@ -133,9 +153,12 @@ def grpo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     """
     _check(logp, b)
     r = token_ratio(logp, b.prox_logp)
-    loss_bt, clip_low, clip_high, dual = clip_surrogate(r, b.adv, cfg.eps_low, cfg.eps_high, cfg.dual_clip_c)
+    loss_bt, clip_low, clip_high, dual = clip_surrogate(
+        r, b.adv, cfg.eps_low, cfg.eps_high, cfg.dual_clip_c
+    )
     info = _clip_info(r, clip_low, clip_high, cfg, dual_clip=dual)
-    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "seq-mean-token-mean"), info
+    loss_bt = loss_bt + _kl(logp, b, cfg)
+    return aggregate(loss_bt, b.mask, "seq-mean-token-mean"), info
 
 
 def dr_grpo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
@@ -148,9 +171,12 @@ def dr_grpo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     """
     _check(logp, b)
     r = token_ratio(logp, b.prox_logp)
-    loss_bt, clip_low, clip_high, dual = clip_surrogate(r, b.adv, cfg.eps_low, cfg.eps_high, cfg.dual_clip_c)
+    loss_bt, clip_low, clip_high, dual = clip_surrogate(
+        r, b.adv, cfg.eps_low, cfg.eps_high, cfg.dual_clip_c
+    )
     info = _clip_info(r, clip_low, clip_high, cfg, dual_clip=dual)
-    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "seq-mean-token-sum-norm", cfg.T_max), info
+    loss_bt = loss_bt + _kl(logp, b, cfg)
+    return aggregate(loss_bt, b.mask, "seq-mean-token-sum-norm", cfg.T_max), info
 
 
 # -------------------------------------------------------------------------------------------------
@@ -167,10 +193,15 @@ def gspo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     verl's `gspo`. Book: ch. 5.
     """
     _check(logp, b)
-    s = torch.exp(seq_log_ratio(logp, b.prox_logp, b.mask)).expand_as(logp)  # [B, T], constant along T
-    loss_bt, clip_low, clip_high, _ = clip_surrogate(s, b.adv, cfg.eps_low, cfg.eps_high)
+    s = torch.exp(seq_log_ratio(logp, b.prox_logp, b.mask)).expand_as(
+        logp
+    )  # [B, T], constant along T
+    loss_bt, clip_low, clip_high, _ = clip_surrogate(
+        s, b.adv, cfg.eps_low, cfg.eps_high
+    )
     info = _clip_info(s, clip_low, clip_high, cfg)
-    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "seq-mean-token-mean"), info
+    loss_bt = loss_bt + _kl(logp, b, cfg)
+    return aggregate(loss_bt, b.mask, "seq-mean-token-mean"), info
 
 
 def gspo_token(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
@@ -179,10 +210,15 @@ def gspo_token(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     Same value and gradient as `gspo` when A is constant along a sequence. Book: ch. 5.
     """
     _check(logp, b)
-    s = torch.exp(seq_log_ratio(logp, b.prox_logp, b.mask)).detach() * torch.exp(logp - logp.detach())
-    loss_bt, clip_low, clip_high, _ = clip_surrogate(s, b.adv, cfg.eps_low, cfg.eps_high)
+    s = torch.exp(seq_log_ratio(logp, b.prox_logp, b.mask)).detach() * torch.exp(
+        logp - logp.detach()
+    )
+    loss_bt, clip_low, clip_high, _ = clip_surrogate(
+        s, b.adv, cfg.eps_low, cfg.eps_high
+    )
     info = _clip_info(s, clip_low, clip_high, cfg)
-    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "seq-mean-token-mean"), info
+    loss_bt = loss_bt + _kl(logp, b, cfg)
+    return aggregate(loss_bt, b.mask, "seq-mean-token-mean"), info
 
 
 def gmpo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
@@ -194,15 +230,29 @@ def gmpo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     """
     _check(logp, b)
     log_r = logp - b.prox_logp
-    clipped = torch.where(b.adv > 0, torch.clamp(log_r, max=cfg.eps_high), torch.clamp(log_r, min=-cfg.eps_low))
+    clipped = torch.where(
+        b.adv > 0,
+        torch.clamp(log_r, max=cfg.eps_high),
+        torch.clamp(log_r, min=-cfg.eps_low),
+    )
     clipped = torch.where(b.adv == 0, torch.zeros_like(log_r), clipped)
-    seq_ratio = torch.exp((clipped * b.mask).sum(-1, keepdim=True) / b.mask.sum(-1, keepdim=True).clamp(min=1.0))
+    seq_ratio = torch.exp(
+        (clipped * b.mask).sum(-1, keepdim=True)
+        / b.mask.sum(-1, keepdim=True).clamp(min=1.0)
+    )
     loss_bt = -seq_ratio.expand_as(logp) * b.adv
     clip_low = ((b.adv < 0) & (log_r < -cfg.eps_low)).detach()
     clip_high = ((b.adv > 0) & (log_r > cfg.eps_high)).detach()
-    info = LossInfo(ratio=torch.exp(log_r).detach(), clip_low=clip_low, clip_high=clip_high,
-                    out_of_band=(log_r.abs() > torch.where(log_r > 0, cfg.eps_high, cfg.eps_low)).detach())
-    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "seq-mean-token-mean"), info
+    info = LossInfo(
+        ratio=torch.exp(log_r).detach(),
+        clip_low=clip_low,
+        clip_high=clip_high,
+        out_of_band=(
+            log_r.abs() > torch.where(log_r > 0, cfg.eps_high, cfg.eps_low)
+        ).detach(),
+    )
+    loss_bt = loss_bt + _kl(logp, b, cfg)
+    return aggregate(loss_bt, b.mask, "seq-mean-token-mean"), info
 
 
 # -------------------------------------------------------------------------------------------------
@@ -218,14 +268,21 @@ def decoupled_ppo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo
     (AReaL's old default, 5). Book: ch. 6.
     """
     _check(logp, b)
-    w = torch.exp(b.prox_logp - b.behav_logp).detach()  # corrects for stale samples; not a path for grad
+    w = torch.exp(
+        b.prox_logp - b.behav_logp
+    ).detach()  # corrects for stale samples; not a path for grad
     mask = b.mask
     if cfg.behav_weight_cap is not None:
         mask = mask * (w <= cfg.behav_weight_cap)
     u = token_ratio(logp, b.prox_logp)
-    loss_bt, clip_low, clip_high, dual = clip_surrogate(u, b.adv, cfg.eps_low, cfg.eps_high, cfg.dual_clip_c)
-    info = _clip_info(u, clip_low, clip_high, cfg, is_weight=w, is_masked=(mask < b.mask).detach())
-    return aggregate(w * loss_bt + _kl(logp, b, cfg), mask, "token-mean"), info
+    loss_bt, clip_low, clip_high, dual = clip_surrogate(
+        u, b.adv, cfg.eps_low, cfg.eps_high, cfg.dual_clip_c
+    )
+    info = _clip_info(
+        u, clip_low, clip_high, cfg, is_weight=w, is_masked=(mask < b.mask).detach()
+    )
+    loss_bt = w * loss_bt + _kl(logp, b, cfg)
+    return aggregate(loss_bt, mask, "token-mean"), info
 
 
 def a3po(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
@@ -256,7 +313,9 @@ def sapo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     _check(logp, b)
     r = token_ratio(logp, b.prox_logp)
     loss_bt, gate = soft_gate(r, b.adv, cfg.tau_pos, cfg.tau_neg)
-    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "seq-mean-token-mean"), LossInfo(ratio=r.detach(), gate=gate)
+    info = LossInfo(ratio=r.detach(), gate=gate)
+    loss_bt = loss_bt + _kl(logp, b, cfg)
+    return aggregate(loss_bt, b.mask, "seq-mean-token-mean"), info
 
 
 def cispo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
@@ -267,8 +326,12 @@ def cispo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     """
     _check(logp, b)
     r = token_ratio(logp, b.prox_logp)
-    loss_bt, capped = clipped_is_pg(logp, r, b.adv, 1.0 - cfg.eps_low, 1.0 + cfg.eps_high)
-    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "token-mean"), LossInfo(ratio=r.detach(), is_capped=capped)
+    loss_bt, capped = clipped_is_pg(
+        logp, r, b.adv, 1.0 - cfg.eps_low, 1.0 + cfg.eps_high
+    )
+    info = LossInfo(ratio=r.detach(), is_capped=capped)
+    loss_bt = loss_bt + _kl(logp, b, cfg)
+    return aggregate(loss_bt, b.mask, "token-mean"), info
 
 
 # -------------------------------------------------------------------------------------------------
@@ -283,11 +346,16 @@ def self_play_po(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]
     'win_rate' (each response against the rest of its group, by verifiable reward). Book: ch. 8.
     """
     _check(logp, b)
-    seq_log_r = ((logp - b.prox_logp) * b.mask).sum(-1, keepdim=True)  # [B, 1]: log of the sequence ratio
-    target = (b.adv * b.mask).sum(-1, keepdim=True) / b.mask.sum(-1, keepdim=True).clamp(min=1.0)
+    seq_log_r = ((logp - b.prox_logp) * b.mask).sum(
+        -1, keepdim=True
+    )  # [B, 1]: log of the sequence ratio
+    target = (b.adv * b.mask).sum(-1, keepdim=True) / b.mask.sum(
+        -1, keepdim=True
+    ).clamp(min=1.0)
     loss_bt = ((seq_log_r - cfg.sp_eta * target) ** 2).expand_as(logp)
     info = LossInfo(ratio=torch.exp(seq_log_r).expand_as(logp).detach())
-    return aggregate(loss_bt + _kl(logp, b, cfg), b.mask, "seq-mean-token-mean"), info
+    loss_bt = loss_bt + _kl(logp, b, cfg)
+    return aggregate(loss_bt, b.mask, "seq-mean-token-mean"), info
 
 
 # -------------------------------------------------------------------------------------------------
@@ -312,32 +380,91 @@ class Loss:
 
 DUAL = ("dual_clip_c",)
 LOSSES = {
-    "pg": Loss(pg, "REINFORCE: importance-weighted policy gradient, no clip, no baseline", {"adv": "none"}),
-    "ppo": Loss(ppo, "PPO: token clip, token-mean, critic + GAE advantage", {"adv": "gae"}, switches=DUAL),
-    "grpo": Loss(grpo, "GRPO: token clip, per-sequence mean (1/|y|), group z-score advantage", {"adv": "grpo"},
-                 switches=DUAL),
-    "bnpo": Loss(ppo, "BNPO: GRPO with a token-mean over the batch (TRL's bnpo)", {"adv": "grpo"}, switches=DUAL),
-    "dr_grpo": Loss(dr_grpo, "Dr. GRPO: constant normaliser B*T_max, mean-centred advantage", {"adv": "dr_grpo"},
-                    switches=DUAL),
-    "dapo": Loss(ppo, "DAPO: token-mean, clip-higher (eps_high 0.28)", {"adv": "grpo", "eps_high": 0.28},
-                 switches=DUAL),
-    "gspo": Loss(gspo, "GSPO: sequence-level geometric-mean ratio, sequence clip (eps 3e-4/4e-4)",
-                 {"adv": "grpo", "eps_low": 3e-4, "eps_high": 4e-4}, seq_adv=True),
-    "gspo_token": Loss(gspo_token, "GSPO-token: sequence ratio with per-token gradients",
-                       {"adv": "grpo", "eps_low": 3e-4, "eps_high": 4e-4}),
-    "decoupled_ppo": Loss(decoupled_ppo, "Decoupled PPO: clip around a recomputed proximal policy, IS weight to the sampler",
-                          {"adv": "grpo"}, prox="recompute", switches=DUAL + ("behav_weight_cap",)),
-    "a3po": Loss(a3po, "A-3PO: decoupled PPO with the proximal policy interpolated by staleness", {"adv": "grpo"},
-                 switches=DUAL + ("behav_weight_cap",)),
-    "sppo": Loss(ppo, "Sequence-Level PPO: token clip, advantage from a prompt-only critic (G = 1 works)",
-                 {"adv": "sppo"}, switches=DUAL),
-    "sapo": Loss(sapo, "SAPO: soft sigmoid gate instead of a hard clip (tau_pos 1.0, tau_neg 1.05)", {"adv": "grpo"}),
-    "cispo": Loss(cispo, "CISPO: clipped, detached IS weight; no token loses its gradient",
-                  {"adv": "grpo", "eps_low": 1.0, "eps_high": 4.0}),
-    "gmpo": Loss(gmpo, "GMPO: geometric mean of token ratios, per-token log-space clip (0.4)",
-                 {"adv": "grpo", "eps_low": 0.4, "eps_high": 0.4}),
-    "self_play_po": Loss(self_play_po, "Self-Play Preference Optimization: squared log-ratio regression onto win rate",
-                         {"adv": "win_rate"}),
+    "pg": Loss(
+        pg,
+        "REINFORCE: importance-weighted policy gradient, no clip, no baseline",
+        {"adv": "none"},
+    ),
+    "ppo": Loss(
+        ppo,
+        "PPO: token clip, token-mean, critic + GAE advantage",
+        {"adv": "gae"},
+        switches=DUAL,
+    ),
+    "grpo": Loss(
+        grpo,
+        "GRPO: token clip, per-sequence mean (1/|y|), group z-score advantage",
+        {"adv": "grpo"},
+        switches=DUAL,
+    ),
+    "bnpo": Loss(
+        ppo,
+        "BNPO: GRPO with a token-mean over the batch (TRL's bnpo)",
+        {"adv": "grpo"},
+        switches=DUAL,
+    ),
+    "dr_grpo": Loss(
+        dr_grpo,
+        "Dr. GRPO: constant normaliser B*T_max, mean-centred advantage",
+        {"adv": "dr_grpo"},
+        switches=DUAL,
+    ),
+    "dapo": Loss(
+        ppo,
+        "DAPO: token-mean, clip-higher (eps_high 0.28)",
+        {"adv": "grpo", "eps_high": 0.28},
+        switches=DUAL,
+    ),
+    "gspo": Loss(
+        gspo,
+        "GSPO: sequence-level geometric-mean ratio, sequence clip (eps 3e-4/4e-4)",
+        {"adv": "grpo", "eps_low": 3e-4, "eps_high": 4e-4},
+        seq_adv=True,
+    ),
+    "gspo_token": Loss(
+        gspo_token,
+        "GSPO-token: sequence ratio with per-token gradients",
+        {"adv": "grpo", "eps_low": 3e-4, "eps_high": 4e-4},
+    ),
+    "decoupled_ppo": Loss(
+        decoupled_ppo,
+        "Decoupled PPO: clip around a recomputed proximal policy, IS weight to the sampler",
+        {"adv": "grpo"},
+        prox="recompute",
+        switches=DUAL + ("behav_weight_cap",),
+    ),
+    "a3po": Loss(
+        a3po,
+        "A-3PO: decoupled PPO with the proximal policy interpolated by staleness",
+        {"adv": "grpo"},
+        switches=DUAL + ("behav_weight_cap",),
+    ),
+    "sppo": Loss(
+        ppo,
+        "Sequence-Level PPO: token clip, advantage from a prompt-only critic (G = 1 works)",
+        {"adv": "sppo"},
+        switches=DUAL,
+    ),
+    "sapo": Loss(
+        sapo,
+        "SAPO: soft sigmoid gate instead of a hard clip (tau_pos 1.0, tau_neg 1.05)",
+        {"adv": "grpo"},
+    ),
+    "cispo": Loss(
+        cispo,
+        "CISPO: clipped, detached IS weight; no token loses its gradient",
+        {"adv": "grpo", "eps_low": 1.0, "eps_high": 4.0},
+    ),
+    "gmpo": Loss(
+        gmpo,
+        "GMPO: geometric mean of token ratios, per-token log-space clip (0.4)",
+        {"adv": "grpo", "eps_low": 0.4, "eps_high": 0.4},
+    ),
+    "self_play_po": Loss(
+        self_play_po,
+        "Self-Play Preference Optimization: squared log-ratio regression onto win rate",
+        {"adv": "win_rate"},
+    ),
 }
 
 

@@ -21,32 +21,32 @@ def token_logp(model, prompt_ids, prompt_mask, resp_ids, temperature=1.0):
     L = prompt_ids.shape[1]
     ids = torch.cat([prompt_ids, resp_ids], dim=1)  # [B, L+T]
     attn = torch.cat([prompt_mask, torch.ones_like(resp_ids)], dim=1)
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)  # prompts are left-padded: count from the first real token
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)  # prompts are left-padded: count from 0
     logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits
-    logits = logits[:, L - 1:-1]  # the logits at position L-1+t predict response token t
+    logits = logits[:, L - 1 : -1]  # position L-1+t predicts response token t
     logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)  # [B, T, V]
     return logp_all.gather(-1, resp_ids[..., None]).squeeze(-1)
 
 
 def grpo_step(policy, opt, task, tok, rng, gen, cfg: Config) -> float:
-    """Sample, score, advantage, cfg.epochs clipped updates. Returns the batch's mean reward."""
-    P, G = cfg.P, cfg.G
+    """Sample, score, advantage, cfg.epochs clipped updates; the batch's mean reward."""
+    P, G, dev = cfg.P, cfg.G, policy.device
     # 1. sample G responses to each of P prompts; the sampler records behav_logp
     problems = task.sample(P, rng)
-    enc = tok([p.prompt for p in problems], padding=True, return_tensors="pt").to(policy.device)
+    enc = tok([p.prompt for p in problems], padding=True, return_tensors="pt").to(dev)
     prompt_ids = enc["input_ids"].repeat_interleave(G, dim=0)  # [B, L], B = P·G
     prompt_mask = enc["attention_mask"].repeat_interleave(G, dim=0)
+    eos, pad = tok.eos_token_id, tok.pad_token_id
     resp, mask, behav_logp, lengths, truncated = sample(
-        policy, prompt_ids, prompt_mask, cfg.T_max, cfg.temperature, gen,
-        tok.eos_token_id, tok.pad_token_id)
+        policy, prompt_ids, prompt_mask, cfg.T_max, cfg.temperature, gen, eos, pad)
     T = int(lengths.max())
     resp, mask, behav_logp = resp[:, :T], mask[:, :T], behav_logp[:, :T]  # [B, T]
 
     # 2. score: reward 1 for a right answer, 0 otherwise
     texts = decode(tok, resp, lengths, truncated)
-    group_of = [p for p in problems for _ in range(G)]
-    reward = torch.tensor([float(task.verify(p, y, bool(tr)))
-                           for p, y, tr in zip(group_of, texts, truncated)], device=policy.device)  # [B]
+    asked = [p for p in problems for _ in range(G)]
+    right = [task.verify(p, y, bool(t)) for p, y, t in zip(asked, texts, truncated)]
+    reward = torch.tensor(right, dtype=torch.float, device=dev)  # [B]
 
     # 3. group-relative advantage: one number per response
     r = reward.view(P, G)
@@ -59,7 +59,7 @@ def grpo_step(policy, opt, task, tok, rng, gen, cfg: Config) -> float:
         ratio = torch.exp(logp - behav_logp)  # 1 on the first update
         clipped = torch.clamp(ratio, 1 - cfg.eps_low, 1 + cfg.eps_high)
         per_token = -torch.min(ratio * adv, clipped * adv)  # [B, T]
-        loss = ((per_token * mask).sum(-1) / mask.sum(-1)).mean()  # 1/|y_i|
+        loss = ((per_token * mask).sum(-1) / mask.sum(-1)).mean()  # the 1/|y_i|
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
@@ -74,7 +74,7 @@ def train(cfg: Config) -> list[float]:
     task = make_task(cfg.task, cfg.difficulty)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = random.Random(cfg.seed)  # which prompts
-    gen = torch.Generator(device=policy.device).manual_seed(cfg.seed)  # which responses
+    gen = torch.Generator(policy.device).manual_seed(cfg.seed)  # which responses
     rewards = []
     for step in range(cfg.steps):
         for group in opt.param_groups:  # linear warmup of the learning rate

@@ -160,3 +160,27 @@ def test_the_minimal_loop_is_short():
 
     code = [line for line in inspect.getsource(minimal).splitlines()[8:] if line.strip()]
     assert len(code) <= 80, len(code)
+
+
+def test_every_function_the_book_shows_fits_the_column():
+    """Shown source (docstring cut to its summary) is at most book.WIDTH characters wide: the browser tests fail
+    on code wider than the page's column, and the losses, blocks and advantages are what chapters show."""
+    from xxpo_lab import advantages, blocks, book, critic, losses, minimal
+
+    shown = [spec.fn for spec in LOSSES.values()] + list(ADVANTAGES.values()) + [advantages.gae]
+    shown += [getattr(blocks, n) for n in dir(blocks) if inspect.isfunction(getattr(blocks, n))]
+    shown += [critic.value_loss, critic.prompt_value_loss, losses.LossInfo, minimal.token_logp, minimal.grpo_step]
+    for fn in shown:
+        widths = [len(line) for line in book.source_of(fn).splitlines()]
+        assert max(widths) <= book.WIDTH, f"{fn.__qualname__}: a line of {max(widths)} characters"
+
+
+def test_show_diff_shows_only_what_differs_as_changes():
+    from xxpo_lab import book, losses
+
+    diff = book.show_diff(losses.grpo, losses.dr_grpo).text.splitlines()
+    changed = [line for line in diff if line[:1] in "+-"]
+    assert any("seq-mean-token-sum-norm" in line for line in changed if line.startswith("+"))
+    assert any('"seq-mean-token-mean"' in line for line in changed if line.startswith("-"))
+    assert len(changed) == 4  # the def line and the aggregation, each removed and added
+    assert any("clip_surrogate" in line for line in diff if line.startswith(" "))  # shared lines shown once

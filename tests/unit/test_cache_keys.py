@@ -74,8 +74,10 @@ CHANGES = {  # what is edited -> the keys that must change (the others must not)
                            '"reverse": lambda d: StringTask(d, "reverse", lambda s: s[::-2])'), {"grpo", "sapo", "warm"}),
     "the warm start": (("policy", "loss = -(logp * mask).sum() / mask.sum()", "loss = -(logp * mask).mean()"),
                        {"grpo", "sapo", "addition", "warm"}),
-    "the registry entry of GRPO": (("losses", '{"adv": "grpo"},\n                 switches=DUAL)',
-                                    '{"adv": "dr_grpo"},\n                 switches=DUAL)'), {"grpo", "addition"}),
+    "the registry entry of GRPO": (("losses", '"GRPO: token clip, per-sequence mean (1/|y|), group z-score advantage",\n'
+                                              '        {"adv": "grpo"},',
+                                    '"GRPO: token clip, per-sequence mean (1/|y|), group z-score advantage",\n'
+                                    '        {"adv": "dr_grpo"},'), {"grpo", "addition"}),
 }
 
 

@@ -246,7 +246,7 @@ def test_every_loss_returns_a_finite_scalar_and_detached_bt_info(name):
 
 def test_loss_info_refuses_a_tensor_with_a_gradient_and_half_a_clip():
     r = torch.ones(2, 3, requires_grad=True)
-    with pytest.raises(ValueError, match=r"LossInfo.ratio carries a gradient"):
+    with pytest.raises(ValueError, match=r"LossInfo.ratio carries a gradient; detach it"):
         LossInfo(ratio=r)
     with pytest.raises(ValueError, match="clip_low and clip_high are reported together"):
         LossInfo(ratio=r.detach(), clip_low=torch.zeros(2, 3, dtype=torch.bool))
