@@ -3,11 +3,13 @@
 - The first code cell of every notebook is the install cell, rendered from the repository URL and
   branch in `_config.yml` (the one place they are written).
 - Outputs and execution counts are stripped: the website shows the outputs of its own build.
-`tests/test_notebooks.py` checks both, so a notebook that drifts fails `make test`.
+- `xxpo_lab.family.BOOK`, the chapters the family tree marks as explained, is rewritten from `_toc.yml`.
+Unit tests check all three, so a notebook or a chapter list that drifts fails `make test`.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -35,6 +37,24 @@ def install_cell() -> str:
         "    %pip install -q {XXPO_REPO}\n"
         "    import xxpo_lab"
     )
+
+
+def book_chapters() -> tuple[str, ...]:
+    """The numbered chapters of `_toc.yml` (file stems such as '01_reinforce_to_ppo'), in order."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]] + [c["file"] for part in toc.get("parts", []) for c in part["chapters"]]
+    stems = [Path(f).name for f in files]
+    return tuple(s for s in stems if re.match(r"\d\d_", s))
+
+
+def sync_family() -> bool:
+    """Rewrite the BOOK line of xxpo_lab/family.py from _toc.yml; True if it changed."""
+    path = ROOT / "xxpo_lab" / "family.py"
+    before = path.read_text()
+    after = re.sub(r"^BOOK = \(.*?\)$", f"BOOK = {book_chapters()!r}", before, count=1, flags=re.M)
+    if after != before:
+        path.write_text(after)
+    return after != before
 
 
 def notebooks() -> list[Path]:
@@ -66,5 +86,5 @@ def sync(path: Path) -> bool:
 
 
 if __name__ == "__main__":
-    changed = [p.name for p in notebooks() if sync(p)]
+    changed = [p.name for p in notebooks() if sync(p)] + (["xxpo_lab/family.py"] if sync_family() else [])
     print("synced:", ", ".join(changed) if changed else "nothing to change", file=sys.stderr)

@@ -120,7 +120,7 @@ def reinforce_pp(b: Batch, cfg):
 def reinforce_pp_baseline(b: Batch, cfg):
     """REINFORCE++-baseline: subtract the group mean, then whiten over the batch.
 
-    verl's `reinforce_plus_plus_baseline`; TRL's `scale_rewards="batch"` with group centring. Book: ch. 10.
+    verl's `reinforce_plus_plus_baseline`; TRL's `scale_rewards="batch"` with group centring.
     """
     R, _ = shaped_rewards(b, cfg)
     g = R.view(-1, cfg.G)
@@ -131,7 +131,7 @@ def reinforce_pp_baseline(b: Batch, cfg):
 
 def win_rate(b: Batch, cfg):
     """Self-Play PO's P̂(y_i ≻ π) - ½, estimated in the group: P̂_i = mean_{j≠i} (1[R_i > R_j] + ½·1[R_i = R_j]).
-    arXiv 2405.00675 estimates it with a preference model; a verifiable reward gives it directly. Book: ch. 8."""
+    arXiv 2405.00675 estimates it with a preference model; a verifiable reward gives it directly. """
     R, _ = shaped_rewards(b, cfg)
     g = R.view(-1, cfg.G)  # [P, G]
     wins = (g[:, :, None] > g[:, None, :]).float() + 0.5 * (
@@ -181,7 +181,7 @@ def prompt_critic(b: Batch, cfg):
     """Sequence-Level PPO (Wang et al. 2026, arXiv 2604.08865): A_i = R_i - σ(V(x_i)).
 
     A prompt-only critic predicts the success probability of the prompt (a logit trained with BCE
-    on R ∈ {0, 1}), so one sample per prompt suffices (G = 1). Book: ch. 8.
+    on R ∈ {0, 1}), so one sample per prompt suffices (G = 1).
     """
     R, _ = shaped_rewards(b, cfg)
     return _broadcast(R - torch.sigmoid(b.values), b.mask), b.reward

@@ -32,7 +32,7 @@ def seq_log_ratio(logp: Tensor, anchor_logp: Tensor, mask: Tensor) -> Tensor:
 
     GSPO's s_i = (π_θ(y_i|x)/π_anchor(y_i|x))^(1/|y_i|), the geometric mean of the token ratios
     (Zheng et al. 2025, arXiv 2507.18071). TRL (`importance_sampling_level="sequence"`) computes the
-    same; verl additionally clamps log s at 10. Book: ch. 5.
+    same; verl additionally clamps log s at 10.
 
     Args: logp, anchor_logp, mask [B, T]. Returns: [B, 1] (broadcasts along T).
     """
@@ -58,8 +58,9 @@ def clip_surrogate(
     The gradient is r·A·∇logp unless the clipped branch is active, i.e. (A > 0 and r > 1+eps_high)
     or (A < 0 and r < 1-eps_low): there it is exactly zero. A token with A < 0 and r ≫ 1 is *not*
     clipped and its loss grows without bound; dual clip (Ye et al. 2020, arXiv 1912.09729; verl's
-    `clip_ratio_c`, default 3) caps it at -c·A. TRL has no dual clip. Asymmetric eps is DAPO's
-    clip-higher. Book: ch. 1 (the case table), ch. 4 (clip-higher).
+    `clip_ratio_c`, default 3) caps it at -c·A. TRL 1.16's `delta` caps the unclipped ratio at δ
+    for every token: the same as dual clip with c = δ when δ ≥ 1 + eps_high (off by default).
+    Asymmetric eps is DAPO's clip-higher. Book: ch. 1 (the case table).
 
     Args: ratio, adv [B, T]; eps_low, eps_high > 0; dual_clip_c (0 = off, else > 1).
     Returns: (loss_bt [B, T], clip_low [B, T] bool, clip_high [B, T] bool, dual [B, T] bool), where
@@ -85,7 +86,7 @@ def soft_gate(ratio: Tensor, adv: Tensor, tau_pos: float, tau_neg: float):
     τ = tau_pos where A > 0, else tau_neg. The gradient weight relative to plain PG is
     w = sech²(τ(r-1)/2) = 4σ(1-σ): exactly 1 at r = 1 (so on-policy SAPO is REINFORCE), smooth,
     never zero, symmetric in r-1. The gate's value at r = 1 is 2/τ, not 1. Gao et al. 2025
-    (arXiv 2511.20347); TRL's `sapo` and verl's `sapo` compute the same. Book: ch. 9.
+    (arXiv 2511.20347); TRL's `sapo` and verl's `sapo` compute the same.
 
     Args: ratio, adv [B, T]; tau_pos, tau_neg > 0. Returns: (loss_bt [B, T], w [B, T] detached).
     """
@@ -104,7 +105,7 @@ def clipped_is_pg(logp: Tensor, ratio: Tensor, adv: Tensor, low: float, high: fl
     The importance weight is clipped and detached, so no token ever loses its gradient (PPO's clip
     zeroes it). MiniMax-M1 (arXiv 2506.13585). verl clips to [1-eps_low, 1+eps_high]; TRL clamps only
     above, at an absolute cap `epsilon_high` (docs suggest 5). We take the bounds as given.
-    Book: ch. 10.
+
 
     Args: logp, ratio, adv [B, T]; low < high. Returns: (loss_bt, capped [B, T] bool: weight hit a bound).
     """
@@ -167,14 +168,14 @@ def kl_k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """k1 = log π_θ - log π_ref per token. Unbiased for KL(π_θ‖π_ref) on samples of π_θ; can be < 0.
 
     As a loss term its expected gradient is 0; as a reward penalty it gives the reverse-KL gradient.
-    Book: ch. 10. Args/returns: [B, T].
+     Args/returns: [B, T].
     """
     return logp - ref_logp
 
 
 def kl_k2(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """k2 = ½ (log π_θ - log π_ref)² per token. Biased, low variance; as a loss term its expected
-    gradient is the reverse-KL gradient ∇KL(π_θ‖π_ref). Book: ch. 10. Args/returns: [B, T]."""
+    gradient is the reverse-KL gradient ∇KL(π_θ‖π_ref).  Args/returns: [B, T]."""
     return 0.5 * (logp - ref_logp) ** 2
 
 
@@ -182,7 +183,7 @@ def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """k3 = ρ - 1 - log ρ with ρ = π_ref/π_θ per token (GRPO's KL term). Unbiased and ≥ 0 as a value;
     as a loss term its expected gradient is the *forward*-KL gradient ∇KL(π_ref‖π_θ) (verl PR #2953).
     TRL multiplies it by the ratio by default (`use_bias_correction_kl`); verl clamps it to ±10; we do
-    neither. Book: ch. 10. Args/returns: [B, T]."""
+    neither.  Args/returns: [B, T]."""
     log_rho = ref_logp - logp
     return torch.exp(log_rho) - 1.0 - log_rho
 

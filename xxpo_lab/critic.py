@@ -84,6 +84,6 @@ def value_loss(
 
 
 def prompt_value_loss(logit: Tensor, reward: Tensor) -> Tensor:
-    """Sequence-Level PPO's critic loss: BCE of σ(V(x)) against R ∈ {0, 1}. Args: [B] each. Book: ch. 8."""
+    """Sequence-Level PPO's critic loss: BCE of σ(V(x)) against R ∈ {0, 1}. Args: [B] each. """
     assert logit.shape == reward.shape
     return nn.functional.binary_cross_entropy_with_logits(logit, reward.float())

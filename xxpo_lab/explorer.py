@@ -8,7 +8,7 @@ A = +1 or -1, we evaluate the package's own loss function and differentiate it w
 
 w = 0 is a token whose gradient the loss zeroed (shaded). The website figure precomputes every curve
 for every slider position and switches between them in the browser; no formula is written twice.
-Book: appendix C (and chapters 1, 3, 5, 9, 10).
+Book: appendix C.
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ def ppo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
 
     Schulman et al. 2017 (arXiv 1707.06347). The same function serves `bnpo` and `dapo` (group
     advantages; DAPO sets eps_high = 0.28) and `sppo` (prompt-critic advantage). Optional dual clip
-    (`cfg.dual_clip_c`, verl). The critic's value loss is `critic.value_loss`. Book: ch. 1, 2, 4, 8.
+    (`cfg.dual_clip_c`, verl). The critic's value loss is `critic.value_loss`. Book: ch. 1, 2.
     """
     _check(logp, b)
     r = token_ratio(logp, b.prox_logp)
@@ -190,7 +190,7 @@ def gspo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     whole sequences; the paper's eps is 3e-4/4e-4. Gradient flows through s_i, as in TRL's
     `importance_sampling_level="sequence"`, so every token of a sequence carries the sequence's mean
     advantage: per-token advantages (GAE) need `gspo_token`, and Config says so. No dual clip, as in
-    verl's `gspo`. Book: ch. 5.
+    verl's `gspo`.
     """
     _check(logp, b)
     s = torch.exp(seq_log_ratio(logp, b.prox_logp, b.mask)).expand_as(
@@ -207,7 +207,7 @@ def gspo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
 def gspo_token(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     """GSPO-token: s_{i,t} = sg(s_i)·π_θ(y_t)/sg(π_θ(y_t)), allowing per-token advantages.
 
-    Same value and gradient as `gspo` when A is constant along a sequence. Book: ch. 5.
+    Same value and gradient as `gspo` when A is constant along a sequence.
     """
     _check(logp, b)
     s = torch.exp(seq_log_ratio(logp, b.prox_logp, b.mask)).detach() * torch.exp(
@@ -226,7 +226,7 @@ def gmpo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
 
     Per token, log r is clipped one-sided by the sign of A (A > 0: at most eps_high; A < 0: at least
     -eps_low; log-space, the paper's (e^-0.4, e^0.4)), averaged over the sequence, exponentiated,
-    times A_i; mean over sequences. As verl's `geo_mean`. Book: ch. 10.
+    times A_i; mean over sequences. As verl's `geo_mean`.
     """
     _check(logp, b)
     log_r = logp - b.prox_logp
@@ -265,7 +265,7 @@ def decoupled_ppo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo
 
     ℓ = -w·min(u·A, clip(u)·A) with u = π_θ/π_prox and detached w = π_prox/π_behav. With
     prox = behav (synchronous data) it is PPO. `cfg.behav_weight_cap` masks tokens with w above the cap
-    (AReaL's old default, 5). Book: ch. 6.
+    (AReaL's old default, 5).
     """
     _check(logp, b)
     w = torch.exp(
@@ -291,7 +291,7 @@ def a3po(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     log π̂_prox = α·behav_logp + (1-α)·sg(logp), α = 1/d, d = version being produced - behaviour
     version (our `staleness` + 1, counted per training step). At d = 1 (synchronous) α = 1 and
     π̂_prox = π_behav exactly, so it is decoupled PPO with no extra forward pass. As in AReaL, the
-    anchor moves with the (detached) current policy during the step. Book: ch. 7.
+    anchor moves with the (detached) current policy during the step.
     """
     _check(logp, b)
     alpha = (1.0 / b.version_gap.clamp(min=1).to(logp.dtype))[:, None]  # [B, 1]
@@ -308,7 +308,7 @@ def sapo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     """SAPO (arXiv 2511.20347): a smooth gate f(r) = σ(τ(r-1))·4/τ instead of the hard clip.
 
     τ = tau_pos for A > 0, tau_neg (default 1.05 > 1.0) for A ≤ 0; seq-mean-token-mean, as TRL and
-    verl. On-policy its gradient is REINFORCE's. Book: ch. 9.
+    verl. On-policy its gradient is REINFORCE's.
     """
     _check(logp, b)
     r = token_ratio(logp, b.prox_logp)
@@ -322,7 +322,7 @@ def cispo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     """CISPO (MiniMax-M1, arXiv 2506.13585): clip the detached IS weight, never the update.
 
     ℓ = -sg(clip(r, 1-eps_low, 1+eps_high))·A·logp, token-mean. Defaults eps_low = 1 (no lower
-    bound) and eps_high = 4: TRL's absolute cap `epsilon_high = 5`. Book: ch. 10.
+    bound) and eps_high = 4: TRL's absolute cap `epsilon_high = 5`.
     """
     _check(logp, b)
     r = token_ratio(logp, b.prox_logp)
@@ -343,7 +343,7 @@ def self_play_po(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]
 
     ℓ_i = (log π_θ(y_i|x)/π_t(y_i|x) - η·(P̂(y_i ≻ π_t) - ½))², the squared regression of a
     multiplicative-weights update. π_t is the sampler (`prox_logp`); P̂ - ½ comes from the advantage
-    'win_rate' (each response against the rest of its group, by verifiable reward). Book: ch. 8.
+    'win_rate' (each response against the rest of its group, by verifiable reward).
     """
     _check(logp, b)
     seq_log_r = ((logp - b.prox_logp) * b.mask).sum(

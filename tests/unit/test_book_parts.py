@@ -37,12 +37,31 @@ def test_family_figure_labels_every_edge():
     pos = layout()
     assert len(set(pos.values())) == len(FAMILY)  # no two members on top of each other
     fig = family_tree()
-    texts = {t.get_text() for t in fig.axes[0].texts}
+    bare = lambda text: "".join(text.split())  # labels are wrapped, at spaces or hyphens
+    texts = {bare(t.get_text()) for t in fig.axes[0].texts}
     for m in FAMILY:
-        assert any(t.startswith(m.name) for t in texts)
+        assert any(t.startswith(bare(m.name)) for t in texts), m.name
         if m.parents:
-            assert m.edge in texts
+            assert bare(m.edge) in texts, m.edge
     assert len(family_table()) == len(FAMILY)
+
+
+def test_chapter_marks_come_from_the_table_of_contents():
+    """The family tree and table mark a member as explained only when its chapter is in _toc.yml, and the
+    package's "Book: ch. N" pointers name only chapters that exist."""
+    import re
+
+    from xxpo_lab import family
+
+    assert family.BOOK == _sync.book_chapters(), "run `make sync`: family.BOOK differs from _toc.yml"
+    numbers = {int(stem[:2]) for stem in family.BOOK}
+    for m in FAMILY:
+        assert family.chapter_in_book(m) == (m.chapter if m.chapter in numbers else None)
+    assert set(family_table()["chapter"]) - {"-"} <= numbers
+    for path in (ROOT / "xxpo_lab").glob("*.py"):
+        for ref in re.findall(r"Book: ch\. ([0-9, ]+)", path.read_text()):
+            cited = {int(n) for n in ref.replace(" ", "").strip(",").split(",") if n}
+            assert cited <= numbers, f"{path.name} points to chapter(s) {cited - numbers}, which do not exist"
 
 
 @pytest.fixture(scope="module")
