@@ -18,11 +18,12 @@ from xxpo_lab.losses import LossInfo
 
 GLOSSARY = {
     "step": "Training step (one batch of P·G sampled responses).",
-    "samples": "Responses sampled so far, including those dynamic sampling threw away.",
+    "samples": "Responses sampled so far, this step's batch included, and those dynamic sampling threw away.",
     "reward/mean": "Mean reward of the step's responses (after overlong shaping; 1 correct, 0 wrong).",
     "reward/correct_frac": "Share of the step's responses that are correct (training accuracy, sampled).",
     "eval/accuracy": "Share of held-out prompts answered correctly, one sample each at the training temperature.",
     "eval/len_mean": "Mean response length on the held-out prompts (tokens, EOS included).",
+    "eval/samples": "Responses sampled to train the evaluated policy: the samples before this row's step (x-axis for sample efficiency).",
     "len/mean": "Mean response length of the step (tokens, EOS included).",
     "len/correct_mean": "Mean length of the correct responses of the step.",
     "len/incorrect_mean": "Mean length of the incorrect responses of the step.",
@@ -69,6 +70,7 @@ GLOSSARY = {
     "time/update": "Seconds spent on the step's gradient updates (policy and critic).",
     "time/step": "Seconds for the whole step, evaluation excluded.",
     "time/eval": "Seconds spent on the held-out evaluation logged in this row.",
+    "time/elapsed": "Training seconds before this row's step (time/step summed; evaluation excluded), logged with each evaluation.",
     "mem/peak_mb": "Peak memory of the process so far: CUDA max allocated on GPU, resident set size on CPU (MB).",
     "mem/policy_params_mb": "Bytes of the policy's parameters (MB).",
     "mem/policy_optim_mb": "Bytes of the policy's optimizer state (MB).",

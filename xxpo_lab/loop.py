@@ -62,13 +62,15 @@ class State:
     gen_perm: torch.Generator = None  # minibatch order
     rows: list = field(default_factory=list)  # one dict of metrics per finished step
     samples: int = 0  # responses sampled so far
+    seconds: float = 0.0  # training time so far (time/step summed)
 
     def state_dict(self) -> dict:
         return {"policy": self.policy.state_dict(), "opt": self.opt.state_dict(),
                 "critic": self.critic.state_dict() if self.critic is not None else None,
                 "opt_critic": self.opt_critic.state_dict() if self.opt_critic is not None else None,
                 "versions": list(self.versions), "rng": self.rng.getstate(), "gen": self.gen.get_state(),
-                "gen_perm": self.gen_perm.get_state(), "rows": self.rows, "samples": self.samples}
+                "gen_perm": self.gen_perm.get_state(), "rows": self.rows, "samples": self.samples,
+                "seconds": self.seconds}
 
     def load_state_dict(self, saved: dict) -> None:
         self.policy.load_state_dict(saved["policy"])
@@ -81,7 +83,7 @@ class State:
         self.rng.setstate((version, tuple(inner), gauss))
         self.gen.set_state(saved["gen"])
         self.gen_perm.set_state(saved["gen_perm"])
-        self.rows, self.samples = list(saved["rows"]), saved["samples"]
+        self.rows, self.samples, self.seconds = list(saved["rows"]), saved["samples"], saved["seconds"]
 
 
 def setup(cfg: Config, device: torch.device) -> State:
@@ -150,6 +152,7 @@ def training_step(state: State, step: int) -> dict:
     if cfg.grad_stats_every and step % cfg.grad_stats_every == 0:
         row |= gradient_stats(state, seed=cfg.seed * 100_003 + step)
     times["time/step"] = time.perf_counter() - t_start
+    state.seconds += times["time/step"]
     return row | times | memory(state)
 
 
@@ -297,14 +300,15 @@ def critic_explained_variance(b: Batch) -> float:
 @torch.no_grad()
 def evaluate(state: State, step: int) -> dict:
     """Held-out accuracy and length of the current policy: one sample per prompt at the training temperature,
-    with a generator of its own (seeded by step), so evaluating never changes the training run."""
+    with a generator of its own (seeded by step), so evaluating never changes the training run. Also what
+    the evaluated policy cost: the samples and the training seconds before this step."""
     cfg = state.cfg
     t0 = time.perf_counter()
     gen = torch.Generator(device=state.device).manual_seed(cfg.seed * 7919 + step)
     res = accuracy(state.policy, state.tokenizer, state.task, state.task.eval_set(cfg.eval_prompts), cfg, gen,
                    state.device)
-    return {"eval/accuracy": res["accuracy"], "eval/len_mean": res["len_mean"],
-            "time/eval": time.perf_counter() - t0}
+    return {"eval/accuracy": res["accuracy"], "eval/len_mean": res["len_mean"], "eval/samples": state.samples,
+            "time/elapsed": state.seconds, "time/eval": time.perf_counter() - t0}
 
 
 def gradient_stats(state: State, seed: int) -> dict:

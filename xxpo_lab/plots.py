@@ -31,7 +31,7 @@ METHOD_COLORS = {
     "reinforce_pp": "#dbdb8d", "reinforce_pp_baseline": "#dbdb8d",
 }
 """One colour per method across the book (losses by their LOSSES name, advantages by their ADVANTAGES name)."""
-OTHER_COLORS = ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#31a354", "#756bb1"]
+OTHER_COLORS = ["#000000", "#637939", "#8c6d31", "#843c39", "#7b4173", "#393b79", "#31a354", "#756bb1"]
 """For groups that are not methods (a warm start, a control): colours no method uses."""
 LINESTYLES = ["-", "--", ":", "-."]
 

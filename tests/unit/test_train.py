@@ -30,6 +30,10 @@ def test_history_has_one_row_per_step_and_a_final_evaluation(tiny):
     hist = train(tiny, progress=False, cache=False)
     assert list(hist["step"]) == list(range(tiny.steps + 1))
     assert hist["eval/accuracy"].notna().tolist() == [True, False, True, False, True]
+    evaluated = hist.dropna(subset=["eval/accuracy"])
+    # the policy evaluated at row k has seen the k batches before it; the last row has seen them all
+    assert evaluated["eval/samples"].tolist() == [k * tiny.P * tiny.G for k in (0, 2, 4)]
+    assert evaluated["time/elapsed"].iloc[0] == 0 and evaluated["time/elapsed"].is_monotonic_increasing
     assert hist.attrs["config"] == resolve(tiny).__dict__ | {}
     for col in ("reward/mean", "len/correct_mean", "clip/active_frac", "clip/active_frac@u0", "kl/k3", "entropy/mean",
                 "grad/norm", "time/sample", "time/update", "mem/peak_mb", "mem/policy_params_mb", "adv/zero_std_frac"):
