@@ -121,15 +121,15 @@ def loss_explorer(losses=None):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from xxpo_lab.plots import COLORS, rgba
+    from xxpo_lab.plots import color_of, rgba
 
     tables = explorer_tables(losses)
     fig = make_subplots(rows=2, cols=2, shared_xaxes=True, vertical_spacing=0.08, horizontal_spacing=0.07,
                         subplot_titles=("objective J(r), A > 0", "objective J(r), A < 0",
                                         "gradient weight w(r), A > 0", "gradient weight w(r), A < 0"))
     dynamic = []  # (trace index, loss, sign, which curve)
-    for i, name in enumerate(tables["losses"]):
-        color = COLORS[i % len(COLORS)]
+    for name in tables["losses"]:
+        color = color_of(name)
         visible = True if name in SHOWN else "legendonly"
         for col, sign in ((1, 1.0), (2, -1.0)):
             shade = {"fill": "tozeroy", "line": {"width": 0}, "hoverinfo": "skip", "fillcolor": rgba(color, 0.15)}
@@ -209,11 +209,12 @@ def static_figure(losses=SHOWN, params: dict | None = None):
     """The same curves as a matplotlib figure at fixed parameter values (for readers without JavaScript)."""
     import matplotlib.pyplot as plt
 
-    from xxpo_lab.plots import COLORS
+    from xxpo_lab.plots import color_of
 
     params = _defaults() | (params or {})
     fig, axes = plt.subplots(2, 2, figsize=(11, 6.4), sharex=True)
-    for color, name in zip(COLORS, losses):
+    for name in losses:
+        color = color_of(name)
         for col, sign in ((0, 1.0), (1, -1.0)):
             J, w = loss_curves(name, sign, params)
             axes[0, col].plot(R_GRID, J, color=color, label=name)

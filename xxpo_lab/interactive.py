@@ -39,14 +39,18 @@ def show(fig, post_script: str | None = None) -> None:
 def glue(name: str, value, fmt: str = "") -> None:
     """Make `value` available to the prose as {glue:text}`name` (myst-nb); elsewhere print it.
 
-    Numbers in the chapters' text come from here, from the run on the page, never typed by hand.
+    With `fmt` the number is glued already formatted (`format(value, fmt)`), so the prose writes only
+    {glue:text}`name` and a number can never reach the page unformatted. Numbers in the chapters' text
+    come from here, from the run on the page, never typed by hand.
     """
     if hasattr(value, "item"):  # numpy and torch scalars: glue formats plain Python numbers
         value = value.item()
+    if fmt:
+        value = format(value, fmt)
     try:
         from myst_nb import glue as myst_glue
     except ImportError:  # Colab and plain Jupyter: the prose shows the role, the output shows the number
-        print(f"{name} = {format(value, fmt)}")
+        print(f"{name} = {value}")
         return
     myst_glue(name, value, display=False)
 

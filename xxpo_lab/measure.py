@@ -46,6 +46,26 @@ def measure_gradients(cfg: Config, seed: int = 0, critic_steps: int = 0, device:
     return gradient_stats(state, seed) | {"value/explained_var": explained}
 
 
+def gradient_table(configs: dict[str, Config], seed: int = 0, critic_steps: int = 0) -> pd.DataFrame:
+    """`measure_gradients` of each labelled config at its warm start, in parallel and cached like a run: one row
+    per label ('run') with the Config fields that vary between the configs and the grad/* metrics (and
+    value/explained_var). Every config draws its batches from the same `seed`. Book: ch. 2."""
+    from xxpo_lab.config import to_dict
+    from xxpo_lab.runs import cached_table, parallel_map, varying_fields
+
+    resolved = {label: to_dict(resolve(sized(c))) for label, c in configs.items()}
+    varying = varying_fields(resolved)
+
+    def compute() -> pd.DataFrame:
+        jobs = [{"cfg": c, "seed": seed, "critic_steps": critic_steps} for c in configs.values()]
+        results = parallel_map(measure_gradients, jobs, desc="gradient statistics")
+        return pd.DataFrame([{"run": label} | {f: resolved[label][f] for f in varying} | r
+                             for label, r in zip(configs, results)])
+
+    payload = {"configs": resolved, "seed": seed, "critic_steps": critic_steps}
+    return cached_table("gradients", payload, compute, code=[measure_gradients])
+
+
 def score_norms(cfg: Config, n: int = 128, seed: int = 0, device: str | None = None) -> pd.DataFrame:
     """‖∇θ log π(y|x)‖² of n responses sampled from the warm-start policy, with their correctness.
 

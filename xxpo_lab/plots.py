@@ -90,12 +90,19 @@ def _axes(ax, n: int, ncols: int | None = None, size=(4.2, 3.1)):
 def band(ax, wide: pd.DataFrame, color: str, label: str | None = None, ls: str = "-", marker: str | None = None,
          smooth: int = 1) -> None:
     """The mean over seeds as a line, and a band from the lowest to the highest seed.
-    wide: index = x, one column per seed."""
+    wide: index = x, one column per seed. When the seeds have no x in common (x is a time), each seed is
+    drawn as a thin line of its own instead."""
     wide = wide.sort_index()
+    n = wide.shape[1]
+    if n > 1 and (wide.notna().sum(axis=1) == 1).all():
+        for i, seed in enumerate(wide):
+            line = wide[seed].dropna()
+            ax.plot(line.index, line.values, color=color, ls=ls, marker=marker, ms=2, lw=1.0, alpha=0.8,
+                    label=None if label is None or i else f"{label} ({n} seeds, one line each)")
+        return
     if smooth > 1:
         wide = wide.rolling(smooth, min_periods=1).mean()
     wide = wide.dropna(how="all")
-    n = wide.shape[1]
     mean = wide.mean(axis=1)
     ax.plot(mean.index, mean.values, color=color, ls=ls, marker=marker, ms=3, lw=1.8,
             label=None if label is None else f"{label} ({n} seed{'s' * (n > 1)})")

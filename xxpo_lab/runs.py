@@ -211,21 +211,26 @@ def compare(configs: dict[str, Config], seeds=(0, 1, 2), workers: int | None = N
             progress: bool | None = None) -> pd.DataFrame:
     """Run each labelled config on each seed: one long table of their Histories, self-describing.
 
-    Added columns: 'run' (the label), 'seed', 'key' (the run's cache key, for `load_policy`), and every
-    Config field whose value differs between the labels (after fast mode and the loss's defaults), e.g.
-    'loss' and 'epochs': select runs by value, never by parsing labels. `.attrs['configs']` holds each
-    label's full config.
+    Added columns: 'run' (the label), 'seed', 'key' (the run's cache key, for `load_policy`), 'loss' (which
+    colours a run in every figure), and every Config field whose value differs between the labels (after
+    fast mode and the loss's defaults), e.g. 'epochs': select runs by value, never by parsing labels.
+    `.attrs['configs']` holds each label's full config.
     """
     jobs = [(label, seed, replace(cfg, seed=seed)) for label, cfg in configs.items() for seed in seeds]
     hists = run_many([cfg for _, _, cfg in jobs], workers=workers, progress=progress)
     resolved = {label: to_dict(resolve(sized(cfg))) for label, cfg in configs.items()}
-    varying = [f.name for f in fields(Config) if f.name != "seed"
-               and len({json.dumps(c[f.name]) for c in resolved.values()}) > 1]
+    varying = ["loss"] + [f for f in varying_fields(resolved) if f != "loss"]
     parts = [h.assign(run=label, seed=seed, key=h.attrs["key"], **{f: resolved[label][f] for f in varying})
              for (label, seed, _), h in zip(jobs, hists)]
     out = pd.concat(parts, ignore_index=True)
     out.attrs = {"configs": resolved}
     return out
+
+
+def varying_fields(resolved: dict[str, dict]) -> list[str]:
+    """The Config fields (but the seed) whose values differ between the labelled config dicts."""
+    return [f.name for f in fields(Config) if f.name != "seed"
+            and len({json.dumps(c[f.name]) for c in resolved.values()}) > 1]
 
 
 def cached_table(kind: str, payload: dict, compute: Callable[[], pd.DataFrame], code: list[Callable],

@@ -9,19 +9,16 @@ labels or column names.
 from __future__ import annotations
 
 import re
-from dataclasses import fields
 
 import pandas as pd
 
-from xxpo_lab.config import Config
-
-CONFIG_FIELDS = {f.name for f in fields(Config)}
 MODEL_MB = ("mem/policy_params_mb", "mem/policy_optim_mb", "mem/critic_params_mb", "mem/critic_optim_mb")
 
 
 def id_columns(table: pd.DataFrame) -> list[str]:
-    """The columns that say which run a row belongs to: run, seed, key and the Config fields present."""
-    return [c for c in table if c in ("run", "seed", "key") or c in CONFIG_FIELDS]
+    """The columns that say which run a row belongs to: run, seed, key, the Config fields present and any
+    column a chapter added (every metric's name has a '/'; step and samples change along a run)."""
+    return [c for c in table if "/" not in c and c not in ("step", "samples")]
 
 
 def summary(table: pd.DataFrame, metric: str = "eval/accuracy") -> pd.DataFrame:
