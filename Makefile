@@ -13,7 +13,7 @@ export XXPO_CACHE ?= $(CURDIR)/.xxpo_cache
         browser-deps lint sync bench clean clean-cache
 
 help:
-	@echo "make book    set up .venv and build the website ($(SITE)), every chapter executed in full mode"
+	@echo "make book    set up .venv, build the website ($(SITE)) with every chapter executed in full mode, check it in a browser"
 	@echo "make test    set up and run every test layer (unit, notebooks, book build, browser, Colab path)"
 	@echo "make fast    build the website in fast mode (XXPO_FAST=1) into $(FAST_SITE)"
 	@echo "make serve   serve the built website on http://127.0.0.1:8000"
@@ -31,8 +31,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	@touch $(STAMP)
 
-book: setup
+book: setup browser-deps
 	XXPO_BOOK=1 $(VENV)/bin/jupyter-book build . --all -W -n --keep-going
+	$(call timed,browser tests of the full site (non-local requests blocked),XXPO_SITE=$(SITE) $(PY) -m pytest tests/browser -q)
 	@echo "The website is in $(SITE)/index.html (make serve shows it on http://127.0.0.1:8000)"
 
 fast: setup

@@ -37,6 +37,12 @@ class Html:
         return self.fragment
 
 
+def _box(inner: str, extra_style: str = "") -> str:
+    """The frame of every device: a bordered block that scrolls sideways rather than overflow the page
+    (the browser tests fail when it has to)."""
+    return f'<div class="xxpo-box" style="{BOX} {extra_style}">{inner}</div>'
+
+
 # -------------------------------------------------------------------------------------------------
 # source and diffs
 
@@ -80,8 +86,8 @@ def show_diff(parent, child, context: int = 100) -> Html:
                     f'<span style="color:#999; user-select:none">{html.escape(mark or " ")} </span>{_highlight(body)}</div>')
         text.append(line)
     title = f"{_where(parent)} → {_where(child)}: − removed, + added"
-    return Html(f'<div style="{BOX}"><div style="color:#666; padding: 0 8px 4px">{html.escape(title)}</div>'
-                + "".join(rows) + "</div>", "\n".join(text))
+    return Html(_box(f'<div style="color:#666; padding: 0 8px 4px">{html.escape(title)}</div>' + "".join(rows)),
+                "\n".join(text))
 
 
 def _where(obj) -> str:
@@ -103,8 +109,7 @@ def _code_box(code: str, title: str) -> str:
     body = "".join(f'<div style="white-space: pre; padding: 0 8px"><span style="color:#aaa; user-select:none; '
                    f'display:inline-block; width:2.2em">{i}</span>{_highlight(line)}</div>'
                    for i, line in enumerate(lines, start=1))
-    return (f'<div style="{BOX}"><div style="color:#666; padding: 0 8px 4px">{html.escape(title)}</div>'
-            f"{body}</div>")
+    return _box(f'<div style="color:#666; padding: 0 8px 4px">{html.escape(title)}</div>{body}')
 
 
 # -------------------------------------------------------------------------------------------------
@@ -189,7 +194,7 @@ def token_view(rows: list[dict], scale: float | None = None) -> Html:
               '<span style="border: 1px solid #ddd; padding: 0 4px">no push (A = 0)</span> '
               '<span style="border: 1px dotted #bbb; padding: 0 4px">masked</span> '
               "(shade ∝ |weight|; hover a token for its numbers)</div>")
-    return Html(f'<div style="{BOX} padding: 6px 8px">{"".join(out)}{legend}</div>', "\n".join(text))
+    return Html(_box("".join(out) + legend, "padding: 6px 8px;"), "\n".join(text))
 
 
 def token_rows(tokenizer, b: Batch, effects: TokenEffects, rows: list[int], labels: list[str]) -> list[dict]:

@@ -94,7 +94,7 @@ def band(ax, wide: pd.DataFrame, color: str, label: str | None = None, ls: str =
     drawn as a thin line of its own instead."""
     wide = wide.sort_index()
     n = wide.shape[1]
-    if n > 1 and (wide.notna().sum(axis=1) == 1).all():
+    if n > 1 and (wide.notna().sum(axis=1) == 1).mean() > 0.5:
         for i, seed in enumerate(wide):
             line = wide[seed].dropna()
             ax.plot(line.index, line.values, color=color, ls=ls, marker=marker, ms=2, lw=1.0, alpha=0.8,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import ARTIFACTS, toc_pages
 
@@ -63,7 +65,8 @@ def test_explorer_slider_moves_the_curve(open_page):
 def _pages_with_sweeps() -> list[str]:
     from conftest import ROOT
 
-    return [p for p in toc_pages() if (ROOT / f"{p}.ipynb").exists() and "sweep_figure(" in (ROOT / f"{p}.ipynb").read_text()]
+    return [p for p in toc_pages() if (ROOT / f"{p}.ipynb").exists()
+            and re.search(r"\\bsweep(_figure)?\(", (ROOT / f"{p}.ipynb").read_text())]
 
 
 @pytest.mark.parametrize("path", _pages_with_sweeps())
