@@ -28,8 +28,8 @@ def repository() -> tuple[str, str]:
 def install_cell() -> str:
     url, branch = repository()
     return (
-        f"{INSTALL_MARK} installs xxpo_lab from the book's repository when it is missing (Colab),\n"
-        "# and does nothing where it is already installed.\n"
+        f"{INSTALL_MARK} installs xxpo_lab from the book's repository when it\n"
+        "# is missing (Colab), and does nothing where it is already installed.\n"
         f'XXPO_REPO = "git+{url}@{branch}"\n'
         "try:\n"
         "    import xxpo_lab\n"
