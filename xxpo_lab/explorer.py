@@ -44,14 +44,17 @@ def loss_curves(name: str, sign: float, params: dict) -> tuple[np.ndarray, np.nd
     L = int(params.get("L", 1))
     fields = {k: v for k, v in params.items() if k != "L"}
     cfg = resolve(Config(loss=name, T_max=T_MAX, **fields))
-    b = Batch.of(torch.ones(1, L, dtype=torch.float64), adv=torch.full((1, L), sign, dtype=torch.float64),
-                 prox_logp=torch.zeros(1, L, dtype=torch.float64), version_gap=torch.ones(1, dtype=torch.long))
+    f64 = torch.float64
+    b = Batch.of(torch.ones(1, L, dtype=f64), adv=torch.full((1, L), sign, dtype=f64),
+                 prox_logp=torch.zeros(1, L, dtype=f64),
+                 version_gap=torch.ones(1, dtype=torch.long))
     fn = LOSSES[name].fn
 
     def objective(logp_tokens):  # [L] -> scalar
         return -fn(logp_tokens[None], b, cfg)[0]
 
-    logp = torch.log(torch.tensor(R_GRID, dtype=torch.float64))[:, None].expand(-1, L).contiguous()  # [n, L]
+    logp = torch.log(torch.tensor(R_GRID, dtype=f64))[:, None]
+    logp = logp.expand(-1, L).contiguous()  # [n, L]: all L tokens at ratio r
     J = vmap(objective)(logp)
     w = vmap(grad(objective))(logp)[:, 0] / sign
     return J.numpy(), w.numpy()

@@ -72,7 +72,8 @@ def train(cfg: Config) -> list[float]:
     cfg = resolve(cfg)
     policy, tok, _ = make_policy(cfg)
     task = make_task(cfg.task, cfg.difficulty)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
     rng = random.Random(cfg.seed)  # which prompts
     gen = torch.Generator(policy.device).manual_seed(cfg.seed)  # which responses
     rewards = []

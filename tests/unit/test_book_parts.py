@@ -2,6 +2,7 @@
 
 import inspect
 import json
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -184,11 +185,13 @@ def test_the_minimal_loop_is_short():
 def test_every_function_the_book_shows_fits_the_column():
     """Shown source (docstring cut to its summary) is at most book.WIDTH characters wide: the browser tests fail
     on code wider than the page's column, and the losses, blocks and advantages are what chapters show."""
-    from xxpo_lab import advantages, blocks, book, critic, losses, minimal
+    from xxpo_lab import advantages, blocks, book, critic, explorer, losses, minimal
 
     shown = [spec.fn for spec in LOSSES.values()] + list(ADVANTAGES.values()) + [advantages.gae]
     shown += [getattr(blocks, n) for n in dir(blocks) if inspect.isfunction(getattr(blocks, n))]
-    shown += [critic.value_loss, critic.prompt_value_loss, losses.LossInfo, minimal.token_logp, minimal.grpo_step]
+    shown += [critic.value_loss, critic.prompt_value_loss, losses.LossInfo, explorer.loss_curves]
+    shown += [getattr(minimal, n) for n in dir(minimal) if inspect.isfunction(getattr(minimal, n))
+              and getattr(minimal, n).__module__ == minimal.__name__]
     for fn in shown:
         widths = [len(line) for line in book.source_of(fn).splitlines()]
         assert max(widths) <= book.WIDTH, f"{fn.__qualname__}: a line of {max(widths)} characters"
@@ -203,3 +206,15 @@ def test_show_diff_shows_only_what_differs_as_changes():
     assert any('"seq-mean-token-mean"' in line for line in changed if line.startswith("-"))
     assert len(changed) == 4  # the def line and the aggregation, each removed and added
     assert any("clip_surrogate" in line for line in diff if line.startswith(" "))  # shared lines shown once
+
+
+def test_chapter_code_fits_the_page_column():
+    """Code cells and fenced code in the chapters are at most 74 characters wide: wider code needs a sideways
+    scroll bar in the page's 666-pixel column (the browser tests measure it on the built site)."""
+    for path in _sync.notebooks():
+        for cell in json.loads(path.read_text())["cells"]:
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "markdown":
+                source = "\n".join(re.findall(r"^```(?!\{)[^\n]*\n(.*?)^```", source, flags=re.M | re.S))
+            wide = [line for line in source.splitlines() if len(line) > 74]
+            assert wide == [], f"{path.name}: {wide[0]!r} is {len(wide[0])} characters"
