@@ -23,7 +23,7 @@ from xxpo_lab.losses import get_loss
 
 WIDTH = 88
 """Longest line of shown source: what fits the book's column (the modules it shows keep code within it)."""
-BOX = ("font-family: var(--pst-font-family-monospace, monospace); font-size: 0.78em; line-height: 1.45; "
+BOX = ("font-family: var(--pst-font-family-monospace, monospace); font-size: 0.75em; line-height: 1.45; "
        "overflow-x: auto; border: 1px solid #ddd; border-radius: 4px; padding: 6px 0; margin: 0.5em 0 1em;")
 
 

@@ -63,6 +63,22 @@ def glue_range(name: str, values, fmt: str = "") -> None:
     glue(f"{name}_max", float(np.nanmax(values)), fmt)
 
 
+def slug(label) -> str:
+    """A glue name from a run label: 'ppo K=4' -> 'ppo_K4', 'Dr. GRPO' -> 'Dr_GRPO'."""
+    return "_".join("".join(ch for ch in word if ch.isalnum()) for word in str(label).replace("=", "").split()).strip("_")
+
+
+def glue_table(name: str, per_seed, columns=("start", "end", "mean"), by: str = "run",
+               fmt: str | dict = ".2f") -> None:
+    """Glue the lowest and highest value over seeds of each column, for every group of a per-seed table
+    (`tables.summary`): `{name}_{slug(group)}_{slug(column)}_min` and `_max`, e.g.
+    {glue:text}`learn_ppo_K4_end_min`. `fmt` is one format, or one per column."""
+    for group, part in per_seed.groupby(by, sort=False):
+        for column in columns:
+            spec = fmt.get(column, ".2f") if isinstance(fmt, dict) else fmt
+            glue_range(f"{name}_{slug(group)}_{slug(column)}", part[column], spec)
+
+
 def sweep_figure(table, param: str, metrics, by: str = "run", method: str | None = "loss", x: str = "step",
                  smooth: int = 1, title: str = "", order: list | None = None):
     """One plotly figure with a slider over `param`: every position shows real runs at that value.

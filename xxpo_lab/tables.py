@@ -21,22 +21,36 @@ def id_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table if "/" not in c and c not in ("step", "samples")]
 
 
-def summary(table: pd.DataFrame, metric: str = "eval/accuracy") -> pd.DataFrame:
+def summary(table: pd.DataFrame, metric: str = "eval/accuracy", last_update: list[str] = ()) -> pd.DataFrame:
     """One row per run and seed: the identifying columns, then `metric` at the start (first logged value),
-    at the end (last), and its mean over the logged values after the start ('mean', the area under the
-    curve per evaluation); the median milliseconds per step, the training seconds (sum of time/step),
-    the samples drawn, the memory of parameters and optimizer state (policy + critic, MB) and the peak
-    memory of the process (MB). Shared by the chapters and `python -m xxpo_lab compare`."""
+    at the end (last), its mean over the logged values after the start ('mean', the area under the curve
+    per evaluation) and its lowest value after the start ('low'); the median milliseconds per step, the
+    training seconds (sum of time/step), the samples drawn, the memory of parameters and optimizer state
+    (policy + critic, MB) and the peak memory of the process (MB). For each per-update metric in
+    `last_update` (e.g. 'kl/k3'), its largest value at the last update of a step, as '<metric> (last
+    update)'. Shared by the chapters and `python -m xxpo_lab compare`."""
     ids = id_columns(table)
     rows = []
     for _, part in table.groupby(["run", "seed"], sort=False):
         values = part[metric].dropna()
-        rows.append(part[ids].iloc[0].to_dict() | {
+        row = part[ids].iloc[0].to_dict() | {
             "start": values.iloc[0], "end": values.iloc[-1], "mean": values.iloc[1:].mean(),
-            "step_ms": 1000 * part["time/step"].median(), "train_s": part["time/step"].sum(),
-            "samples": part["samples"].max(), "model_mb": part[list(MODEL_MB)].median().sum(),
-            "peak_mb": part["mem/peak_mb"].max()})
+            "low": values.iloc[1:].min(), "step_ms": 1000 * part["time/step"].median(),
+            "train_s": part["time/step"].sum(), "samples": part["samples"].max(),
+            "model_mb": part[list(MODEL_MB)].median().sum(), "peak_mb": part["mem/peak_mb"].max()}
+        for m in last_update:
+            per_update = [c for c in part if c.startswith(f"{m}@u") and part[c].notna().any()]
+            last = max(per_update, key=lambda c: int(c.rsplit("@u", 1)[1]))
+            row[f"{m} (last update)"] = part[last].max()
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def wins(per_seed: pd.DataFrame, a, b, column: str = "mean", by: str = "run") -> int:
+    """On how many seeds group `a` of a per-seed table (`summary`) has a higher `column` than group `b`."""
+    left = per_seed[per_seed[by] == a].set_index("seed")[column]
+    right = per_seed[per_seed[by] == b].set_index("seed")[column]
+    return int((left > right.reindex(left.index)).sum())
 
 
 def updates(table: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:

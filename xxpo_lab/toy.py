@@ -12,7 +12,7 @@ pure functions over [B, T] tensors, so they train this policy as they train GPT-
 Also here, two model-free views of the mechanism: the per-token gradient weight each aggregation
 gives a sequence of a given length and advantage (`token_weights`), and the advantage mass a group
 carries as a function of its pass rate (`group_advantage_mass`, the difficulty bias), and where a run's
-push goes by pass rate (`difficulty_table`). Book: ch. 3.
+push goes by pass rate (`difficulty_bias`). Book: ch. 3.
 """
 
 from __future__ import annotations
@@ -80,26 +80,27 @@ def group_advantage_mass(rewards: Tensor, adv: str, adv_eps: float = 1e-4) -> Te
     return a.abs().view(P, G).sum(-1)
 
 
-def difficulty_table(rewards: Tensor) -> pd.DataFrame:
-    """Where the push goes, by pass rate: groups with k right of G, their Σ|A| and share of the total.
+def difficulty_bias(G: int, groups: pd.Series | None = None) -> pd.DataFrame:
+    """Where the push goes, by pass rate: one row per k = 0..G right answers in a group of G.
 
-    For a run's batch rewards [S, P, G] (S steps), one row per k = 0..G: 'groups' (share of groups),
-    Σ|A| per group under mean-centring and z-scoring, and each k's share of all advantage mass under
-    each (the update's focus). Both are computed on the same rewards, so only the std differs.
+    'mass_centred' and 'mass_zscore' are Σ|A| of such a group under mean-centring and z-scoring (from the
+    registered advantages, `group_advantage_mass`), 'rel_*' the same relative to a group with G/2 right.
+    Given `groups`, the share of a run's groups with each k (e.g. averaged from `tables.group_counts`),
+    'share_*' is the share of all advantage mass each k receives, and 'groups' that input.
     """
-    G = rewards.shape[-1]
-    r = rewards.reshape(-1, G)
-    k = r.sum(-1).round().long()  # [S·P] right answers per group
-    mass = {adv: group_advantage_mass(r, adv) for adv in ("dr_grpo", "grpo")}
-    rows = []
-    for j in range(G + 1):
-        sel = k == j
-        rows.append({"k": j, "pass_rate": j / G, "groups": sel.float().mean().item(),
-                     "mass_centred": mass["dr_grpo"][sel].mean().item() if sel.any() else float("nan"),
-                     "mass_zscore": mass["grpo"][sel].mean().item() if sel.any() else float("nan"),
-                     "share_centred": (mass["dr_grpo"][sel].sum() / mass["dr_grpo"].sum()).item(),
-                     "share_zscore": (mass["grpo"][sel].sum() / mass["grpo"].sum()).item()})
-    return pd.DataFrame(rows)
+    k = torch.arange(G + 1)
+    rewards = (torch.arange(G)[None, :] < k[:, None]).float()  # [G+1, G]: group k has k right answers
+    out = pd.DataFrame({"k": k.numpy()}, index=k.numpy())
+    if groups is not None:
+        out["groups"] = groups.reindex(out.index, fill_value=0.0).to_numpy()
+    for adv, name in (("dr_grpo", "centred"), ("grpo", "zscore")):
+        mass = group_advantage_mass(rewards, adv).nan_to_num(0.0).numpy()
+        out[f"mass_{name}"] = mass
+        out[f"rel_{name}"] = mass / mass[G // 2]
+        if groups is not None:
+            weighted = out["groups"].to_numpy() * mass
+            out[f"share_{name}"] = weighted / weighted.sum()
+    return out
 
 
 # -------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from xxpo_lab.probes import (
     windowed_lengths,
 )
 from xxpo_lab.tasks import EOS, FILLER, Problem, char_tokenizer, make_task
-from xxpo_lab.toy import difficulty_table, group_advantage_mass, token_weights, train_toy
+from xxpo_lab.toy import difficulty_bias, group_advantage_mass, token_weights, train_toy
 
 # -------------------------------------------------------------------------------------------------
 # pure reductions
@@ -150,11 +150,14 @@ def test_group_advantage_mass_golden():
     expected = torch.tensor([0.0, 1.75 * math.sqrt(8), 4 / math.sqrt(16 / 56), 1.75 * math.sqrt(8), 0.0],
                             dtype=torch.float64)
     torch.testing.assert_close(z.nan_to_num(0.0), expected)
-    table = difficulty_table(rewards[None])
+    table = difficulty_bias(8, pd.Series(0.2, index=[0, 1, 4, 7, 8]))  # one group of each, as above
     assert table["share_centred"].sum() == pytest.approx(1.0) and table["share_zscore"].sum() == pytest.approx(1.0)
     # 1/8 and 7/8 groups carry 3.5/7.5 of the centred mass but 9.90/17.38 of the z-scored mass
     assert table.loc[[1, 7], "share_centred"].sum() == pytest.approx(3.5 / 7.5)
     assert table.loc[[1, 7], "share_zscore"].sum() == pytest.approx(2 * 4.9497 / (2 * 4.9497 + 7.4833), abs=1e-4)
+    # relative to 4 of 8: 1.75 / 4 mean-centred, 4.9497 / 7.4833 z-scored
+    assert table.loc[1, "rel_centred"] == pytest.approx(1.75 / 4)
+    assert table.loc[1, "rel_zscore"] == pytest.approx(4.9497 / 7.4833, abs=1e-4)
 
 
 # -------------------------------------------------------------------------------------------------
