@@ -65,7 +65,8 @@ def glue_range(name: str, values, fmt: str = "") -> None:
 
 def slug(label) -> str:
     """A glue name from a run label: 'ppo K=4' -> 'ppo_K4', 'Dr. GRPO' -> 'Dr_GRPO'."""
-    return "_".join("".join(ch for ch in word if ch.isalnum()) for word in str(label).replace("=", "").split()).strip("_")
+    words = ("".join(ch for ch in word if ch.isalnum()) for word in str(label).replace("=", "").split())
+    return "_".join(word for word in words if word)
 
 
 def glue_table(name: str, per_seed, columns=("start", "end", "mean"), by: str = "run",
