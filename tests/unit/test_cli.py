@@ -43,6 +43,7 @@ def test_compare_writes_a_table_and_a_figure(tmp_path, capsys):
                  *TINY]) == 0
     table = pd.read_csv(tmp_path / "metrics.csv")
     assert set(table["run"]) == {"grpo", "dr_grpo"} and set(table["seed"]) == {0, 1}
+    assert (table["run"] == table["loss"]).all()  # each label ran its own loss
     summary = pd.read_csv(tmp_path / "summary.csv", index_col=0)
     assert list(summary["seeds"]) == [2, 2]
     assert (tmp_path / "comparison.png").exists()
@@ -70,3 +71,11 @@ def test_help_everywhere():
         assert out.returncode == 0 and "usage:" in out.stdout
     out = subprocess.run([sys.executable, "-m", "xxpo_lab", "train", "--help"], capture_output=True, text=True).stdout
     assert "--eps-high" in out and "clip-higher" in out  # options carry the fields' docstrings
+
+
+def test_train_and_compare_have_a_default_output_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *TINY]) == 0
+    assert (tmp_path / "runs" / "grpo-reverse-seed0" / "metrics.csv").exists()
+    assert main(["compare", "--losses", "grpo", "--seeds", "0", "--workers", "1", *TINY]) == 0
+    assert (tmp_path / "runs" / "compare-grpo-reverse" / "summary.csv").exists()

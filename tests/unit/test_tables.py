@@ -1,0 +1,78 @@
+"""Reading run tables (summary, wins, updates, group_counts), gluing them, and the columns compare adds."""
+
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+
+from xxpo_lab import compare, summary, updates
+from xxpo_lab.interactive import glue_table, slug
+from xxpo_lab.tables import group_counts, wins
+
+MEM = {"mem/policy_params_mb": 1.0, "mem/policy_optim_mb": 2.0, "mem/critic_params_mb": 0.0,
+       "mem/critic_optim_mb": 0.0, "mem/peak_mb": 100.0}
+
+
+@pytest.fixture
+def table():
+    """Two runs, two seeds, 3 steps + a final evaluation row, two updates per step."""
+    rows = []
+    for run, loss, shift in (("a K=2", "ppo", 0.0), ("b K=2", "pg", -0.1)):
+        for seed in (0, 1):
+            for step in range(4):
+                acc = [0.5, 0.6, 0.4, 0.7][step] + shift + 0.01 * seed
+                row = {"run": run, "loss": loss, "epochs": 2, "seed": seed, "step": step, "samples": 8 * (step + 1),
+                       "eval/accuracy": acc, "time/step": 0.01 * (step + 1), **MEM}
+                if step < 3:
+                    row |= {"kl/k3@u0": 0.0, "kl/k3@u1": 0.1 * step + seed, "groups/correct@0": 0.25,
+                            "groups/correct@1": 0.75}
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_summary_start_end_mean_low_and_the_last_update(table):
+    s = summary(table, last_update=["kl/k3"]).set_index(["run", "seed"])
+    first = s.loc[("a K=2", 0)]
+    # accuracy 0.5, 0.6, 0.4, 0.7: start 0.5, end 0.7, mean of the three after the start 0.5667, low 0.4
+    assert (first.start, first.end, first.low) == (0.5, 0.7, 0.4)
+    assert first["mean"] == pytest.approx((0.6 + 0.4 + 0.7) / 3)
+    assert first.step_ms == pytest.approx(25.0) and first.train_s == pytest.approx(0.1)  # median 0.025 s, sum 0.1
+    assert first.model_mb == 3.0 and first.samples == 32
+    assert first["kl/k3 (last update)"] == pytest.approx(0.2)  # max of kl/k3@u1 over steps: 0, 0.1, 0.2
+    assert s.loc[("a K=2", 1), "kl/k3 (last update)"] == pytest.approx(1.2)
+    assert s.loc[("b K=2", 0), "loss"] == "pg"  # the identifying columns ride along
+
+
+def test_wins_counts_seeds_where_one_run_beats_another(table):
+    s = summary(table)
+    assert wins(s, "a K=2", "b K=2") == 2 and wins(s, "b K=2", "a K=2") == 0
+    shifted = s.assign(mean=s["mean"] + s["seed"].map({0: 0.0, 1: 0.2}) * (s["run"] == "b K=2"))
+    assert wins(shifted, "b K=2", "a K=2") == 1  # seed 1 only
+
+
+def test_updates_and_group_counts_are_long_tables(table):
+    long = updates(table, ["kl/k3"])
+    assert sorted(long["update"].unique()) == [0, 1] and "kl/k3" in long and "loss" in long
+    assert len(long) == 2 * 2 * 3 * 2  # runs x seeds x steps x updates (the evaluation row has none)
+    counts = group_counts(table)
+    assert set(counts["k"]) == {0, 1} and counts.groupby("k")["share"].mean().to_dict() == {0: 0.25, 1: 0.75}
+    with pytest.raises(KeyError, match="no column of the form"):
+        updates(table, ["clip/active_frac"])
+
+
+def test_glue_table_names_and_ranges(table, monkeypatch):
+    glued = {}
+    monkeypatch.setattr("xxpo_lab.interactive.glue", lambda name, value, fmt="": glued.update({name: format(value, fmt)}))
+    glue_table("learn", summary(table), ["end", "mean"], fmt={"mean": ".3f"})
+    assert glued["learn_a_K2_end_min"] == "0.70" and glued["learn_a_K2_end_max"] == "0.71"
+    assert glued["learn_b_K2_mean_min"] == "0.467"
+    assert slug("PPO (critic + GAE)") == "PPO_critic_GAE" and slug("Dr. GRPO") == "Dr_GRPO"
+
+
+def test_compare_adds_the_loss_and_every_varying_field_as_columns(tiny):
+    table = compare({"one": replace(tiny, steps=2), "two": replace(tiny, steps=2, epochs=2, lr=1e-3)},
+                    seeds=[0], progress=False)
+    assert {"loss", "epochs", "lr"} <= set(table.columns) and "P" not in table  # P is the same in both
+    assert table.groupby("run")["epochs"].first().to_dict() == {"one": 1, "two": 2}
+    assert set(table["loss"]) == {"grpo"}
+    assert table.attrs["configs"]["two"]["lr"] == 1e-3
