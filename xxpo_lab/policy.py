@@ -12,10 +12,13 @@ import os
 import random
 import time
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+if TYPE_CHECKING:
+    from transformers import GPT2LMHeadModel
 
 from xxpo_lab.codekey import code_hash
 from xxpo_lab.rollout import positions, sample, score
@@ -47,6 +50,8 @@ def pick_device(preference: str | None = None) -> torch.device:
 
 def build_policy(cfg, tokenizer) -> GPT2LMHeadModel:
     """A GPT-2 sized by the config, dropout off, with the tokenizer's explicit pad/eos ids."""
+    from transformers import GPT2Config, GPT2LMHeadModel  # here: the model classes take seconds to import
+
     config = GPT2Config(
         vocab_size=len(tokenizer), n_positions=N_POSITIONS, n_layer=cfg.n_layer, n_head=cfg.n_head,
         n_embd=cfg.n_embd, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
@@ -59,6 +64,8 @@ def build_policy(cfg, tokenizer) -> GPT2LMHeadModel:
 
 def load_pretrained(name_or_path: str):
     """A pretrained causal LM and its own tokenizer (real `gpt2` on Colab), ready for this lab."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:

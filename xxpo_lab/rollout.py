@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import DynamicCache, GPT2LMHeadModel
 
 from xxpo_lab.tasks import Problem, Task
 
@@ -62,6 +61,8 @@ class HfDecoder:
     """Next-token logits from any transformers causal LM, with its KV cache."""
 
     def __init__(self, model):
+        from transformers import DynamicCache
+
         self.model, self.cache = model, DynamicCache()
 
     def __call__(self, ids: Tensor, pos: Tensor, attn: Tensor) -> Tensor:
@@ -89,6 +90,8 @@ class Gpt2Decoder:
 
     @staticmethod
     def fits(model) -> bool:
+        from transformers import GPT2LMHeadModel
+
         if not isinstance(model, GPT2LMHeadModel):
             return False
         cfg = model.config

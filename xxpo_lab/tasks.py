@@ -19,9 +19,10 @@ import re
 import zlib
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 PAD, EOS, FILLER = "<pad>", "<eos>", "."
 CHARS = "0123456789+-*=,>.abcdefghijklmnopqrstuvwxyz"
@@ -32,6 +33,9 @@ EVAL_BUCKETS = 8  # one prompt in 8 is held out for evaluation
 @cache
 def char_tokenizer() -> PreTrainedTokenizerFast:
     """A `transformers` fast tokenizer with one token per character and explicit pad/eos ids (0 and 1)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
     vocab = {PAD: 0, EOS: 1} | {c: i + 2 for i, c in enumerate(CHARS)}
     core = Tokenizer(models.WordLevel(vocab, unk_token=None))
     core.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
