@@ -5,7 +5,6 @@ Not a script: `bench_step.py` and `bench_scaling.py` import it (run them from th
 
 from __future__ import annotations
 
-import importlib
 import os
 import statistics
 import subprocess
@@ -53,13 +52,13 @@ def no_eos_policy(cfg, tokenizer):
 
 def run_lab(size: Size, steps: int) -> dict:
     """`xxpo_lab.train` itself; only its policy factory is swapped for `no_eos_policy` (no warm start)."""
+    from xxpo_lab import loop, train
     from xxpo_lab.tasks import char_tokenizer
 
-    loop = importlib.import_module("xxpo_lab.train")  # the module (the package's `train` is the function)
     tok = char_tokenizer()
-    loop.make_policy = lambda cfg, device=None: (no_eos_policy(cfg, tok).to(device), tok, {})
+    loop.make_policy = lambda cfg, device=None: (no_eos_policy(cfg, tok).to(device), tok, {})  # loop.setup's factory
     probe = Probe()
-    hist = loop.train(lab_config(size, steps), progress=False, cache=False, threads=THREADS, callback=probe.mark)
+    hist = train(lab_config(size, steps), progress=False, cache=False, threads=THREADS, callback=probe.mark)
     rows = hist[hist.step < steps]
     return {"inner_s": rows["time/step"].tolist(), "loop_s": probe.intervals(), "foreign": probe.foreign(),
             "tokens": (rows["len/mean"] * size.P * size.G).tolist(), "sample_s": rows["time/sample"].tolist(),
