@@ -66,7 +66,11 @@ def _pages_with_sweeps() -> list[str]:
     from conftest import ROOT
 
     return [p for p in toc_pages() if (ROOT / f"{p}.ipynb").exists()
-            and re.search(r"\\bsweep(_figure)?\(", (ROOT / f"{p}.ipynb").read_text())]
+            and re.search(r"\bsweep(_figure)?\(", (ROOT / f"{p}.ipynb").read_text())]
+
+
+def test_the_book_has_sweep_sliders():
+    assert _pages_with_sweeps(), "no chapter calls sweep() or sweep_figure(): the slider test below would test nothing"
 
 
 @pytest.mark.parametrize("path", _pages_with_sweeps())
