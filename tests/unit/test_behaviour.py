@@ -1,0 +1,167 @@
+"""Behaviours the chapters rely on, each pinned by a test that fails for the bug it names.
+
+Staleness, epochs and minibatches, the optimizer step, gradient clipping, truncation masking, the critics'
+losses and GAE's whitening, and resuming with the prompt critic.
+"""
+
+import math
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+import torch
+
+from xxpo_lab import loop, train
+from xxpo_lab.advantages import _masked_whiten, gae, gae_critic, shaped_rewards
+from xxpo_lab.batch import Batch
+from xxpo_lab.config import Config, resolve
+from xxpo_lab.critic import prompt_value_loss, value_loss
+
+CPU = torch.device("cpu")
+F64 = torch.float64
+
+
+def _weights(model) -> dict:
+    """The parameters (tied embeddings once; a state dict lists them twice)."""
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("staleness", [1, 2])
+def test_step_k_samples_with_the_weights_of_step_k_minus_d(tiny, monkeypatch, staleness):
+    """Asynchronous RL, simulated exactly: step k's rollouts come from the policy as it was at the start of
+    step max(0, k - d), and each row's version_gap is k + 1 - that version (A-3PO's d)."""
+    cfg = resolve(replace(tiny, staleness=staleness, steps=5, lr=3e-3))
+    state = loop.setup(cfg, CPU)
+    start_of, seen = [], []
+    real_collect = loop.collect
+
+    def spy(state_, behav, version, *args):
+        seen.append((version, _weights(behav)))
+        return real_collect(state_, behav, version, *args)
+
+    monkeypatch.setattr(loop, "collect", spy)
+    for step in range(cfg.steps):
+        start_of.append(_weights(state.policy))
+        loop.training_step(state, step)
+    for k, (version, weights) in enumerate(seen):
+        assert version == max(0, k - staleness), (k, version)
+        assert _same(weights, start_of[max(0, k - staleness)]), f"step {k} sampled with the wrong weights"
+    assert not _same(start_of[0], start_of[-1])  # the policy moved, so the check above has teeth
+
+
+def test_version_gap_reaches_the_loss(tiny, monkeypatch):
+    cfg = resolve(replace(tiny, staleness=2, steps=4, loss="a3po"))
+    state = loop.setup(cfg, CPU)
+    gaps = []
+    real = loop.loss_of
+    monkeypatch.setattr(loop, "loss_of", lambda name, logp, b, c: (gaps.append(b.version_gap.unique().tolist()),
+                                                                    real(name, logp, b, c))[1])
+    for step in range(cfg.steps):
+        loop.training_step(state, step)
+    assert gaps == [[1], [2], [3], [3]]  # steps 0, 1 and 2 sample with version 0; step 3 with version 1
+
+
+@pytest.mark.parametrize("epochs, minibatches", [(1, 1), (3, 1), (2, 2)])
+def test_a_step_takes_epochs_times_minibatches_updates_on_whole_groups(tiny, monkeypatch, epochs, minibatches):
+    cfg = resolve(replace(tiny, epochs=epochs, minibatches=minibatches, lr=3e-3))
+    state = loop.setup(cfg, CPU)
+    calls = []
+    real_update = loop.update
+
+    def spy(state_, mb, step):
+        calls.append((mb.B, _weights(state_.policy)))
+        return real_update(state_, mb, step)
+
+    monkeypatch.setattr(loop, "update", spy)
+    row = loop.training_step(state, 0)
+    assert len(calls) == epochs * minibatches
+    assert all(size == cfg.P * cfg.G // minibatches for size, _ in calls)
+    assert all(not _same(a, b) for (_, a), (_, b) in zip(calls, calls[1:]))  # each update moved the policy
+    assert f"kl/k3@u{epochs * minibatches - 1}" in row and f"kl/k3@u{epochs * minibatches}" not in row
+
+
+def test_an_update_steps_the_optimizer_and_clips_the_gradient(tiny):
+    """Plain SGD at lr 1 makes the clip visible: the parameters move by exactly lr · (clipped gradient)."""
+    cfg = resolve(replace(tiny, max_grad_norm=1e-3, warmup_steps=1, lr=1.0))
+    moved = {}
+    for clip in (1e-3, 1e3):
+        state = loop.setup(replace(cfg, max_grad_norm=clip), CPU)
+        state.opt = torch.optim.SGD(state.policy.parameters(), lr=1.0)
+        before = _weights(state.policy)
+        loop.training_step(state, 0)
+        after = _weights(state.policy)
+        moved[clip] = math.sqrt(sum(((after[k] - before[k]).float() ** 2).sum().item() for k in before))
+    assert moved[1e-3] == pytest.approx(1e-3, rel=1e-3)  # one update, gradient clipped to norm 1e-3
+    assert moved[1e3] > 10 * moved[1e-3]  # unclipped, the same update is much larger
+
+
+def test_truncated_responses_carry_no_loss_with_mask_truncated(tiny, monkeypatch):
+    cfg = resolve(replace(tiny, T_max=4, mask_truncated=True, steps=3))  # short budget: truncation happens
+    state = loop.setup(cfg, CPU)
+    masks = []
+    real = loop.loss_of
+    monkeypatch.setattr(loop, "loss_of", lambda name, logp, b, c: (masks.append((b.mask.clone(), b.truncated)),
+                                                                    real(name, logp, b, c))[1])
+    for step in range(cfg.steps):
+        loop.training_step(state, step)
+    truncated = torch.cat([t for _, t in masks])
+    assert truncated.any(), "no truncated response: the test would not test anything"
+    for mask, trunc in masks:
+        assert (mask[trunc] == 0).all() and (mask[~trunc].sum(-1) > 0).all()
+
+
+def test_gae_critic_whitens_gae_over_the_valid_tokens():
+    gen = torch.Generator().manual_seed(3)
+    mask = (torch.arange(5) < torch.tensor([[2], [5], [3], [4]])).to(F64)
+    b = Batch.of(mask, reward=torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=F64),
+                 values=torch.randn(4, 5, generator=gen, dtype=F64) * mask)
+    cfg = Config(loss="ppo", G=2, gamma=0.9, lam=0.8)
+    adv, returns = gae_critic(b, cfg)
+    _, token_reward = shaped_rewards(b, cfg)
+    raw, raw_returns = gae(token_reward, b.values, mask, 0.9, 0.8)
+    torch.testing.assert_close(adv, _masked_whiten(raw, mask))
+    torch.testing.assert_close(returns, raw_returns)  # the critic regresses on unwhitened returns
+    valid = adv[mask == 1]
+    assert abs(valid.mean().item()) < 1e-9 and valid.std().item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_ppo_value_loss_takes_the_larger_of_the_clipped_and_unclipped_errors():
+    # V_old = 0, returns = 1, eps 0.2. V = 0.5: unclipped (0.5-1)² = 0.25, clipped V_old+0.2 = 0.2 -> 0.64
+    #   -> max 0.64, half of it 0.32, clipped branch chosen. V = 1.1: unclipped 0.01, clipped 0.2 -> 0.64
+    #   -> 0.32 again. V = 0.1: unclipped 0.81, clipped 0.1 -> 0.81 (inside the band) -> 0.405.
+    values = torch.tensor([[0.5, 1.1, 0.1]], dtype=F64)
+    loss, clipped = value_loss(values, torch.zeros_like(values), torch.ones_like(values), torch.ones_like(values), 0.2)
+    assert loss.item() == pytest.approx((0.32 + 0.32 + 0.405) / 3)
+    assert clipped.tolist() == [[True, True, False]]
+
+
+def test_prompt_value_loss_is_bce_on_the_reward():
+    logit = torch.tensor([0.0, math.log(3.0)])
+    # BCE(σ(0) = 0.5, 1) = ln 2; BCE(σ(ln 3) = 0.75, 0) = -ln 0.25 = ln 4
+    assert prompt_value_loss(logit, torch.tensor([1.0, 0.0])).item() == pytest.approx((math.log(2) + math.log(4)) / 2)
+
+
+def test_resume_with_the_prompt_critic_ends_identical(tiny, tmp_path, monkeypatch):
+    cfg = replace(tiny, steps=5, loss="sppo", G=1, P=8)
+    full = train(cfg, progress=False, cache=False)
+    calls = {"n": 0}
+    real_step = loop.training_step
+
+    def crash_after_two(state, step):
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return real_step(state, step)
+
+    monkeypatch.setattr(loop, "training_step", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False, cache=False, checkpoint_dir=tmp_path, checkpoint_every=1)
+    monkeypatch.setattr(loop, "training_step", real_step)
+    resumed = train(cfg, progress=False, cache=False, checkpoint_dir=tmp_path, checkpoint_every=1)
+    steady = lambda h: h[[c for c in h if not c.startswith(("time/", "mem/peak"))]]
+    pd.testing.assert_frame_equal(steady(full), steady(resumed))
+    assert "value/explained_var" in full  # the prompt critic was trained and checkpointed
