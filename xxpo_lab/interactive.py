@@ -55,6 +55,27 @@ def glue(name: str, value, fmt: str = "") -> None:
     myst_glue(name, value, display=False)
 
 
+class ClaimError(AssertionError):
+    """A sentence of the book that the run on its page no longer supports."""
+
+
+def check(claim: str, holds) -> None:
+    """A claim the prose makes, checked on the numbers of the run on the page: a build whose runs no longer
+    support the sentence fails here instead of publishing it.
+
+    Fast mode (XXPO_FAST=1: a tenth of the steps, small batches) cannot show learning effects, so there, and
+    only there, a claim that does not hold is printed instead of failing the build.
+    """
+    from xxpo_lab.config import fast_mode
+
+    if bool(holds):
+        return
+    if fast_mode():
+        print(f"fast mode, not checked: {claim}")
+        return
+    raise ClaimError(f"the page claims: {claim!r}, and this run does not support it")
+
+
 def glue_range(name: str, values, fmt: str = "") -> None:
     """Glue the lowest and the highest of `values` (one per seed) as name_min and name_max, for a prose range
     such as {glue:text}`name_min`–{glue:text}`name_max`."""

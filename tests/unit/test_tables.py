@@ -76,3 +76,14 @@ def test_compare_adds_the_loss_and_every_varying_field_as_columns(tiny):
     assert table.groupby("run")["epochs"].first().to_dict() == {"one": 1, "two": 2}
     assert set(table["loss"]) == {"grpo"}
     assert table.attrs["configs"]["two"]["lr"] == 1e-3
+
+
+def test_check_fails_a_build_whose_run_no_longer_supports_a_claim(monkeypatch, capsys):
+    from xxpo_lab.interactive import ClaimError, check
+
+    check("2 > 1", 2 > 1)
+    with pytest.raises(ClaimError, match="the page claims: 'the clip helps'"):
+        check("the clip helps", False)
+    monkeypatch.setenv("XXPO_FAST", "1")  # small runs cannot show it: said, not raised
+    check("the clip helps", False)
+    assert "fast mode, not checked: the clip helps" in capsys.readouterr().out
