@@ -253,6 +253,8 @@ def _validate(cfg: Config) -> None:
         _one_of("adv", cfg.adv, ADVANTAGES)
     _one_of("kl_estimator", cfg.kl_estimator, KL_ESTIMATOR_NAMES)
     _one_of("kl_in", cfg.kl_in, KL_PLACES)
+    if cfg.model_name is not None and not cfg.model_name.strip():
+        _fail("model_name", cfg.model_name, "must name a model (a hub name or a local path), or be None to build a GPT-2")
     if cfg.difficulty is not None and cfg.difficulty < 1:
         _fail("difficulty", cfg.difficulty, "must be an integer >= 1 (or None for the task's default)")
     positive_ints = ("n_layer", "n_head", "n_embd", "warm_start_max_steps", "P", "G", "T_max",
@@ -269,7 +271,7 @@ def _validate(cfg: Config) -> None:
         if value is not None and not value > 0:
             _fail(name, value, "must be > 0 (or None for the loss's default)")
     nonneg = ("warm_start_min_steps", "warmup_steps", "staleness", "demo_filler", "demo_wrong_filler", "overlong_buffer", "grad_stats_every", "beta",
-              "weight_decay", "overlong_penalty")
+              "weight_decay", "overlong_penalty", "seed", "init_seed")
     for name in nonneg:
         if getattr(cfg, name) < 0:
             _fail(name, getattr(cfg, name), "must be >= 0")

@@ -1,10 +1,13 @@
 """Config: bad values fail at once with the field, the value and what is allowed; loss defaults; docs."""
 
+import re
+import typing
 from dataclasses import fields, replace
 
 import pytest
 
 from xxpo_lab import Config, ConfigError, field_docs, resolve, sized
+from xxpo_lab.config import from_dict, to_dict
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -98,3 +101,82 @@ def test_the_combinations_that_stay_allowed():
     Config(loss="gspo", adv="reinforce_pp")  # γ = 1 and no KL in the reward: one return per sequence
     Config(loss="decoupled_ppo", dual_clip_c=3.0, behav_weight_cap=5.0)
     Config(lr=1)  # an int where a float is expected is a number
+
+
+# Every field, one out-of-range value each and the words the error must contain. A new field fails
+# test_every_field_has_a_range_case until it is added here or to FREE (with the reason).
+OUT_OF_RANGE = {
+    "task": ("chess", "must be one of"), "difficulty": (0, ">= 1"), "n_layer": (0, ">= 1"),
+    "n_head": (0, ">= 1"), "n_embd": (0, ">= 1"), "model_name": (" ", "must name a model"),
+    "warm_start_acc": (0.0, r"\(0, 1\]"), "warm_start_max_steps": (0, ">= 1"),
+    "warm_start_min_steps": (-1, ">= 0"), "warm_start_lr": (0.0, "> 0"), "init_seed": (-1, ">= 0"),
+    "demo_filler": (-1, ">= 0"), "demo_wrong_frac": (1.0, r"\[0, 1\)"), "demo_wrong_filler": (-1, ">= 0"),
+    "P": (0, ">= 1"), "G": (0, ">= 1"), "T_max": (0, ">= 1"), "temperature": (0.0, "> 0"),
+    "steps": (0, ">= 1"), "lr": (-1e-4, "> 0"), "warmup_steps": (-1, ">= 0"), "epochs": (0, ">= 1"),
+    "minibatches": (0, ">= 1"), "max_grad_norm": (0.0, "> 0"), "weight_decay": (-0.1, ">= 0"),
+    "loss": ("ppo2", "must be one of"), "adv": ("zscore", "must be one of"), "eps_low": (0.0, "> 0"),
+    "eps_high": (-0.1, "> 0"), "dual_clip_c": (1.0, "> 1"), "tau_pos": (0.0, "> 0"), "tau_neg": (0.0, "> 0"),
+    "sp_eta": (0.0, "> 0"), "adv_eps": (0.0, "> 0"), "beta": (-0.01, ">= 0"),
+    "kl_estimator": ("k4", "must be one of"), "kl_in": ("critic", "must be one of"),
+    "critic_lr": (0.0, "> 0"), "eps_value": (0.0, "> 0"), "gamma": (1.01, r"\[0, 1\]"),
+    "lam": (-0.01, r"\[0, 1\]"), "staleness": (-1, ">= 0"), "behav_weight_cap": (1.0, "> 1"),
+    "max_refill": (0, ">= 1"), "overlong_buffer": (-1, ">= 0"), "overlong_penalty": (-1.0, ">= 0"),
+    "eval_every": (0, ">= 1"), "eval_prompts": (0, ">= 1"), "grad_stats_every": (-1, ">= 0"),
+    "grad_stats_batches": (2, ">= 3"), "seed": (-1, ">= 0"),
+}
+FREE = {
+    "reward_offset": "any finite shift of every reward is a valid experiment (chapter 2 uses 0 and 5)",
+    "dynamic_sampling": "a bool: both values are valid",
+    "mask_truncated": "a bool: both values are valid",
+}
+# The other side of a two-sided range, where a field has one.
+ABOVE_RANGE = {"warm_start_acc": 1.01, "demo_wrong_frac": 1.5, "gamma": 2.0, "lam": 1.5, "difficulty": 99,
+               "warm_start_min_steps": 4000, "overlong_buffer": 8, "minibatches": 3}
+# A context that lets a switch be checked on its own (dual clip and the weight cap need a loss that reads them).
+CONTEXT = {"dual_clip_c": {"loss": "ppo"}, "behav_weight_cap": {"loss": "decoupled_ppo"}}
+FIELDS = [f.name for f in fields(Config)]
+
+
+def test_every_field_has_a_range_case():
+    assert set(OUT_OF_RANGE) | set(FREE) == set(FIELDS)
+    assert not set(OUT_OF_RANGE) & set(FREE)
+
+
+@pytest.mark.parametrize("name", sorted(OUT_OF_RANGE))
+def test_each_field_out_of_range_names_the_field_the_value_and_the_range(name):
+    value, allowed = OUT_OF_RANGE[name]
+    with pytest.raises(ConfigError, match=rf"Config\.{name} = {re.escape(repr(value))} is not allowed: .*{allowed}"):
+        Config(**CONTEXT.get(name, {}), **{name: value})
+
+
+@pytest.mark.parametrize("name", sorted(ABOVE_RANGE))
+def test_two_sided_ranges_fail_above_too(name):
+    with pytest.raises(ConfigError, match=rf"Config\.{name} = {ABOVE_RANGE[name]!r}"):
+        Config(**{name: ABOVE_RANGE[name]})
+
+
+def _wrong_types(name):
+    kinds = typing.get_args(typing.get_type_hints(Config)[name]) or (typing.get_type_hints(Config)[name],)
+    if bool in kinds:
+        return [1, "yes", None]
+    if float in kinds:
+        return ["0.5", True, [0.5], float("nan"), float("inf"), float("-inf")] + ([] if type(None) in kinds else [None])
+    if int in kinds:
+        return [2.5, "3", True, 3.0] + ([] if type(None) in kinds else [None])
+    return [3, b"x"] + ([] if type(None) in kinds else [None])
+
+
+@pytest.mark.parametrize("name, value", [(n, v) for n in FIELDS for v in _wrong_types(n)],
+                         ids=lambda x: repr(x))
+def test_every_field_rejects_wrong_types_nan_and_inf(name, value):
+    with pytest.raises(ConfigError, match=rf"Config\.{name} = .* is not allowed: must be"):
+        Config(**{name: value})
+
+
+def test_from_dict_round_trips_and_names_unknown_fields():
+    cfg = Config(loss="dapo", lr=3e-4, staleness=2)
+    assert from_dict(to_dict(cfg)) == cfg
+    with pytest.raises(ConfigError, match=r"unknown Config fields \['learning_rate'\]; the fields are .*'lr'"):
+        from_dict({**to_dict(cfg), "learning_rate": 1e-3})
+    with pytest.raises(ConfigError, match=r"Config\.lr = 'fast'"):  # known fields are still checked
+        from_dict({"lr": "fast"})
