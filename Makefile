@@ -8,6 +8,9 @@ WHEELS := /opt/wheels
 SITE := _build/html
 FAST_SITE := _build/fast/_build/html
 export XXPO_CACHE ?= $(CURDIR)/.xxpo_cache
+# every pytest layer: a skip is a failure, and the count of tests run goes to $(COUNTS) (tests/layer.py)
+PYTEST := $(PY) -m pytest -p tests.layer
+COUNTS := _build/test-counts.txt
 
 .PHONY: help setup book fast serve test test-unit test-notebooks test-book test-browser test-colab \
         browser-deps lint sync bench clean clean-cache
@@ -32,8 +35,9 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 
 book: setup browser-deps
+	@mkdir -p _build && rm -f $(COUNTS)
 	XXPO_BOOK=1 $(VENV)/bin/jupyter-book build . --all -W -n --keep-going
-	$(call timed,browser tests of the full site (non-local requests blocked),XXPO_SITE=$(SITE) $(PY) -m pytest tests/browser -q)
+	$(call timed,browser tests of the full site (non-local requests blocked),XXPO_SITE=$(SITE) $(PYTEST) tests/browser -q)
 	@echo "The website is in $(SITE)/index.html (make serve shows it on http://127.0.0.1:8000)"
 
 fast: setup
@@ -47,29 +51,30 @@ serve:
 # ------------------------------------------------------------------------------------------ tests
 # each layer prints its wall time; CI (.ci/run) runs `make test`
 define timed
-	@start=$$(date +%s); echo "== $(1) =="; $(2); status=$$?; \
+	@start=$$(date +%s); echo "== $(1) =="; export XXPO_LAYER="$(1)" XXPO_COUNTS=$(CURDIR)/$(COUNTS); $(2); status=$$?; \
 	 echo "== $(1): $$(( $$(date +%s) - start )) s =="; exit $$status
 endef
 
 test: setup browser-deps
-	@start=$$(date +%s); \
+	@start=$$(date +%s); mkdir -p _build; rm -f $(COUNTS); \
 	 $(MAKE) --no-print-directory test-unit test-notebooks test-book test-browser test-colab; status=$$?; \
+	 echo "== tests run per layer (a skip fails its layer) =="; cat $(COUNTS) 2>/dev/null; \
 	 echo "== make test: $$(( $$(date +%s) - start )) s, exit $$status =="; exit $$status
 
 test-unit: setup
-	$(call timed,layer 1: unit tests,$(PY) -m pytest tests/unit -n 2 -q)
+	$(call timed,layer 1: unit tests,$(PYTEST) tests/unit -n 2 -q)
 
 test-notebooks: setup
-	$(call timed,layer 2: notebooks in fast mode,XXPO_FAST=1 OMP_NUM_THREADS=1 $(PY) -m pytest --nbmake --nbmake-timeout=600 -n 2 -q chapters)
+	$(call timed,layer 2: notebooks in fast mode,XXPO_FAST=1 OMP_NUM_THREADS=1 $(PYTEST) --nbmake --nbmake-timeout=600 -n 2 -q chapters)
 
 test-book: setup
 	$(call timed,layer 3: fast book build with warnings as errors,rm -rf _build/fast && XXPO_FAST=1 XXPO_BOOK=1 $(VENV)/bin/jupyter-book build . --all --path-output _build/fast -W -n --keep-going)
 
 test-browser: setup browser-deps
-	$(call timed,layer 4: browser tests of the built site,$(PY) -m pytest tests/browser -q)
+	$(call timed,layer 4: browser tests of the built site,$(PYTEST) tests/browser -q)
 
 test-colab: setup
-	$(call timed,layer 5: Colab install path in a fresh venv,$(PY) -m pytest tests/colab -q)
+	$(call timed,layer 5: Colab install path in a fresh venv,$(PYTEST) tests/colab -q)
 
 browser-deps:
 	@command -v chromium >/dev/null || { echo "installing Debian's chromium"; \

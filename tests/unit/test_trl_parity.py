@@ -34,19 +34,19 @@ difference in the formula (the case with exactly representable temperatures 4.0 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
+import datasets  # TRL, datasets and transformers are pinned test dependencies: no skip without them
 import pytest
 import torch
+import transformers
+import trl
 
 from xxpo_lab.batch import Batch
 from xxpo_lab.blocks import aggregate, kl_k3, seq_log_ratio, token_ratio
 from xxpo_lab.config import Config
 from xxpo_lab.losses import LOSSES
 from xxpo_lab.tasks import char_tokenizer
-
-trl = pytest.importorskip("trl", minversion="1.16.0")
-datasets = pytest.importorskip("datasets")
-transformers = pytest.importorskip("transformers")
 
 B, G, T = 8, 4, 6  # sequences, group size, padded completion width
 T_MAX = 8  # max_completion_length (> T on purpose: dr_grpo divides by the configured maximum, not the width)
@@ -239,6 +239,13 @@ def ratio_of(case: Case, logp: torch.Tensor, d: Data) -> torch.Tensor:
 
 # -------------------------------------------------------------------------------------------------
 # equality
+
+
+def test_the_trl_under_test_is_the_pinned_one():
+    """The parity cases and their documented differences are TRL 1.16.0's (requirements.txt pins it)."""
+    pins = dict(line.split("==") for line in (Path(__file__).parents[2] / "requirements.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    assert trl.__version__ == pins["trl"] == "1.16.0"
 
 
 @pytest.mark.parametrize("beta", [0.0, BETA], ids=["no_kl", "kl"])
