@@ -1,6 +1,6 @@
 """Behaviours the chapters rely on, each pinned by a test that fails for the bug it names.
 
-Staleness, epochs and minibatches, the optimizer step, gradient clipping, truncation masking, the critics'
+Staleness, epochs and minibatches, dynamic sampling's refill, the optimizer step, gradient clipping, truncation masking, the critics'
 losses and GAE's whitening, and resuming with the prompt critic.
 """
 
@@ -112,6 +112,36 @@ def test_truncated_responses_carry_no_loss_with_mask_truncated(tiny, monkeypatch
     assert truncated.any(), "no truncated response: the test would not test anything"
     for mask, trunc in masks:
         assert (mask[trunc] == 0).all() and (mask[~trunc].sum(-1) > 0).all()
+
+
+# each group's correctness, round by round: S = mixed (signal), 0 = all wrong, 1 = all right
+REFILL_ROUNDS = [["S", "0", "1", "S"], ["0", "S", "0", "0"], ["1", "0", "0", "0"], ["S", "S", "S", "S"]]
+
+
+@pytest.mark.parametrize("max_refill, with_signal, rounds", [(5, 7, 4), (2, 3, 3), (1, 3, 2)])
+def test_dynamic_sampling_refills_with_groups_that_have_signal(tiny, monkeypatch, max_refill, with_signal, rounds):
+    """Groups with equal rewards are dropped and new prompts sampled, at most max_refill extra rounds; a batch
+    still short after them is filled with dropped groups (in the order they were sampled)."""
+    cfg = resolve(replace(tiny, dynamic_sampling=True, max_refill=max_refill))
+    state = loop.setup(cfg, CPU)
+    pattern = {"S": [True, False, False, True], "0": [False] * 4, "1": [True] * 4}
+    calls = iter(REFILL_ROUNDS)
+    monkeypatch.setattr(loop, "score", lambda *a: torch.tensor([c for g in next(calls) for c in pattern[g]]))
+    b, kept_frac = loop.collect(state, state.policy, 0, state.rng, state.gen, {})
+    assert kept_frac == with_signal / (rounds * cfg.P) and state.samples == rounds * cfg.P * cfg.G
+    kept = min(with_signal, cfg.P)
+    groups = b.correct.view(cfg.P, cfg.G)
+    has_signal = groups.any(-1) & ~groups.all(-1)
+    assert has_signal.tolist() == [True] * kept + [False] * (cfg.P - kept)  # kept groups first, then dropped ones
+    if kept < cfg.P:  # the first dropped group fills the batch: round 1's all-wrong group
+        assert not groups[kept].any()
+
+
+def test_without_dynamic_sampling_every_sampled_group_is_trained_on(tiny, monkeypatch):
+    state = loop.setup(resolve(tiny), CPU)
+    monkeypatch.setattr(loop, "score", lambda *a: torch.tensor([False] * (tiny.P * tiny.G)))
+    b, kept_frac = loop.collect(state, state.policy, 0, state.rng, state.gen, {})
+    assert kept_frac == 1.0 and b.B == tiny.P * tiny.G and state.samples == tiny.P * tiny.G
 
 
 def test_gae_critic_whitens_gae_over_the_valid_tokens():
