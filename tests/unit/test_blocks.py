@@ -16,6 +16,7 @@ from xxpo_lab.blocks import (
     kl_k1,
     kl_k2,
     kl_k3,
+    kl_penalty,
     seq_log_ratio,
     soft_gate,
     token_ratio,
@@ -227,3 +228,47 @@ def test_k1_and_k3_values_are_unbiased_k2_is_not():
     check((pi * kl_k1(logp, ref_logp)).sum(), kl)
     check((pi * kl_k3(logp, ref_logp)).sum(), kl)
     assert abs((pi * kl_k2(logp, ref_logp)).sum() - kl) > 1e-3
+
+
+# -------------------------------------------------------------------------------------------------
+# edges that mutation testing (make mutate) found unpinned
+
+
+def test_dual_clip_cap_scales_with_the_advantage():
+    # (r, A) = (4, -2): ordinary loss -min(-8, -1.6) = 8 > cap -c·A = 3·2 = 6 -> 6 (with A = -1, -c·A = -c/A)
+    # (2, -2): ordinary loss 4 < 6 -> not capped
+    loss_bt, grad, _, _, dual = _clip_cases(dual_clip_c=3.0, r=[4.0, 2.0], A=[-2.0, -2.0])
+    check(loss_bt, [[6.0, 4.0]])
+    check(grad, [[0.0, 4.0]])  # -r·A = 4 where not capped
+    assert dual.tolist() == [[True, False]]
+
+
+def test_tokens_with_zero_advantage_are_never_counted_as_clipped():
+    # TRL's clip metrics (is_low_clipped = (r < 1 - eps) & (A < 0), likewise high) count only tokens whose
+    # gradient the clip removed; a token with A = 0 has no gradient to remove, whatever its ratio
+    _, _, low, high, _ = _clip_cases(r=[0.5, 1.5], A=[0.0, 0.0])
+    assert not low.any() and not high.any()
+
+
+def test_cispo_weight_on_its_bounds_is_not_capped():
+    # r exactly at the bounds 0.5 and 2.0: clamp leaves it unchanged, so it is not a capped token
+    logp = leaf([[math.log(0.5), math.log(2.0), math.log(3.0)]])
+    ratio = token_ratio(logp, torch.zeros_like(logp))
+    _, capped = clipped_is_pg(logp, ratio, t([[1.0, 1.0, 1.0]]), 0.5, 2.0)
+    assert capped.tolist() == [[False, False, True]]
+
+
+def test_token_mean_of_one_valid_token_is_that_tokens_loss():
+    # a minibatch whose mask holds a single token (a 1-token answer, the rest padding): the mean is that token
+    loss = aggregate(t([[0.7, 5.0], [9.0, 9.0]]), t([[1.0, 0.0], [0.0, 0.0]]), "token-mean")
+    check(loss, 0.7)
+
+
+def test_the_norm_mode_without_t_max_says_what_it_needs():
+    with pytest.raises(AssertionError, match="seq-mean-token-sum-norm needs the constant T_max"):
+        aggregate(t([[1.0]]), t([[1.0]]), "seq-mean-token-sum-norm")
+
+
+def test_no_reference_means_no_kl_penalty_whatever_beta():
+    assert kl_penalty(t([[-1.0]]), None, 0.04, "k3") == 0.0
+    assert kl_penalty(t([[-1.0]]), t([[-2.0]]), 0.0, "k3") == 0.0
