@@ -198,8 +198,3 @@ def kl_penalty(
     if ref_logp is None or beta == 0.0:
         return 0.0
     return beta * KL_ESTIMATORS[estimator](logp, ref_logp)
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of x over the positions where mask is 1."""
-    return (x * mask).sum() / mask.sum().clamp(min=1.0)
