@@ -13,7 +13,7 @@ PYTEST := $(PY) -m pytest -p tests.layer
 COUNTS := _build/test-counts.txt
 
 .PHONY: help setup book fast serve test test-unit test-notebooks test-book test-browser test-colab \
-        browser-deps lint sync bench clean clean-cache
+        browser-deps lint sync bench mutate clean clean-cache
 
 help:
 	@echo "make book    set up .venv, build the website ($(SITE)) with every chapter executed in full mode, check it in a browser"
@@ -23,6 +23,7 @@ help:
 	@echo "make sync    rewrite the notebooks' install cells from _config.yml and strip outputs"
 	@echo "make lint    ruff"
 	@echo "make bench   run the benchmarks (benchmarks/README.md)"
+	@echo "make mutate  mutation testing of the math, the loop and the config (tests/README.md), about an hour"
 	@echo "make clean   remove the built site; make clean-cache removes cached warm starts and runs"
 
 setup: $(STAMP)
@@ -91,6 +92,13 @@ sync: setup
 bench: setup
 	$(PY) benchmarks/bench_step.py --steps 40 --rounds 6 --out benchmarks/results.json
 	$(PY) benchmarks/bench_scaling.py --steps 20 --rounds 4 --out benchmarks/scaling.json
+
+# mutmut mutates losses, blocks, advantages, loop and config one change at a time and runs the unit tests
+# that cover each change (pyproject.toml [tool.mutmut]); its progress goes to _build/mutate.log
+mutate: setup
+	rm -rf mutants && mkdir -p _build
+	$(VENV)/bin/mutmut run --max-children 2 > _build/mutate.log 2>&1 || { tail -c 3000 _build/mutate.log; exit 1; }
+	$(PY) tests/mutation_score.py
 
 clean:
 	rm -rf _build
