@@ -43,9 +43,16 @@ def test_compare_writes_a_table_and_a_figure(tmp_path, capsys):
                  *TINY]) == 0
     table = pd.read_csv(tmp_path / "metrics.csv")
     assert set(table["run"]) == {"grpo", "dr_grpo"} and set(table["seed"]) == {0, 1}
-    assert (table["run"] == table["loss"]).all()  # each label ran its own loss
+    assert (table["run"] == table["loss"]).all()  # each label's config names its loss ...
+    seed0 = table[table.seed == 0].set_index(["run", "step"])["loss/policy"].dropna()
+    assert not seed0["grpo"].equals(seed0["dr_grpo"])  # ... and ran it: same seed, same data, other losses
     summary = pd.read_csv(tmp_path / "summary.csv", index_col=0)
     assert list(summary["seeds"]) == [2, 2]
+    # the summary's numbers, recomputed from the metrics table: the last held-out accuracy of each seed
+    last = table.dropna(subset=["eval/accuracy"]).groupby(["run", "seed"])["eval/accuracy"].last()
+    for run in ("grpo", "dr_grpo"):
+        assert summary.loc[run, "eval/accuracy end (mean)"] == pytest.approx(last[run].mean())
+        assert summary.loc[run, "eval/accuracy end (std)"] == pytest.approx(last[run].std())
     assert (tmp_path / "comparison.png").exists()
     assert "eval/accuracy end (mean)" in capsys.readouterr().out
 
@@ -58,7 +65,8 @@ def test_compare_writes_a_table_and_a_figure(tmp_path, capsys):
     (["compare", "--out", "x", "--losses", "grpo,nope"], "Config.loss = 'nope'"),
     (["compare", "--out", "x", "--losses", "grpo", "--seeds", "0,a"], "invalid literal for int"),
 ])
-def test_bad_input_exits_2_with_a_message(args, message, capsys):
+def test_bad_input_exits_2_with_a_message(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # should a bug let the command run, its --out x lands in a temp folder
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == 2
