@@ -8,6 +8,7 @@ Colab and in Jupyter it goes through plotly's normal renderer.
 from __future__ import annotations
 
 import os
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -71,7 +72,7 @@ def check(claim: str, holds) -> None:
     if bool(holds):
         return
     if fast_mode():
-        print(f"fast mode, not checked: {claim}")
+        print(textwrap.fill(f"fast mode, not checked: {claim}", width=72, subsequent_indent="  "))
         return
     raise ClaimError(f"the page claims: {claim!r}, and this run does not support it")
 

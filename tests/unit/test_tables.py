@@ -87,3 +87,8 @@ def test_check_fails_a_build_whose_run_no_longer_supports_a_claim(monkeypatch, c
     monkeypatch.setenv("XXPO_FAST", "1")  # small runs cannot show it: said, not raised
     check("the clip helps", False)
     assert "fast mode, not checked: the clip helps" in capsys.readouterr().out
+    long_claim = "GRPO weighs a token of a short answer more than a token of a long one " * 3
+    check(long_claim, False)  # wrapped to fit the page's text column (the browser layer checks widths)
+    printed = capsys.readouterr().out
+    assert max(len(line) for line in printed.splitlines()) <= 72
+    assert " ".join(printed.split()) == f"fast mode, not checked: {long_claim.strip()}"
