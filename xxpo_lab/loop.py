@@ -34,11 +34,10 @@ from xxpo_lab.tasks import make_task
 
 
 class NonFiniteError(FloatingPointError):
-    """The loss or the gradient went non-finite; `.history` holds the rows of the steps before it."""
+    """The loss or the gradient went non-finite; `.history` holds the rows of the steps before it (set by
+    `runs.train`, which keeps the history)."""
 
-    def __init__(self, message: str, history=None):
-        super().__init__(message)
-        self.history = history
+    history = None
 
 
 @dataclass

@@ -279,7 +279,13 @@ def decoupled_ppo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo
         u, b.adv, cfg.eps_low, cfg.eps_high, cfg.dual_clip_c
     )
     info = _clip_info(
-        u, clip_low, clip_high, cfg, is_weight=w, is_masked=(mask < b.mask).detach()
+        u,
+        clip_low,
+        clip_high,
+        cfg,
+        dual_clip=dual,
+        is_weight=w,
+        is_masked=(mask < b.mask).detach(),
     )
     loss_bt = w * loss_bt + _kl(logp, b, cfg)
     return aggregate(loss_bt, mask, "token-mean"), info

@@ -159,6 +159,25 @@ def test_whitening_is_trl_and_verl_masked_whiten():
     check(_masked_whiten(x, mask), [[-1 / 3**0.5, 1 / 3**0.5, 0.0]], atol=1e-4)
 
 
+def test_whitening_a_single_valid_token_gives_zero():
+    # n = 1: the mean is the token itself (not half of it), the variance's n - 1 is clamped to 1
+    from xxpo_lab.advantages import _masked_whiten
+
+    x = torch.tensor([[3.0, 5.0]], dtype=F64)
+    check(_masked_whiten(x, torch.tensor([[1.0, 0.0]], dtype=F64)), [[0.0, 0.0]])
+
+
+def test_one_token_responses_have_returns_and_gae():
+    # T = 1 (answers of one token): G_0 = r_0 and A_0 = r_0 - V_0
+    from xxpo_lab.advantages import reward_to_go
+
+    r, v, mask = (torch.tensor([[x], [y]], dtype=F64) for x, y in ((1.0, 2.0), (0.5, 0.25), (1.0, 1.0)))
+    check(reward_to_go(r, mask, 0.9), [[1.0], [2.0]])
+    adv, returns = gae(r, v, mask, 0.9, 0.95)
+    check(adv, [[0.5], [1.75]])
+    check(returns, [[1.0], [2.0]])
+
+
 def test_reinforce_pp_reward_to_go_runs_backwards_with_gamma():
     # per-token rewards r = (1, 0, 2) on a 3-token response: with γ = 0.5 the returns are
     # G_2 = 2, G_1 = 0 + 0.5·2 = 1, G_0 = 1 + 0.5·1 = 1.5 (summed forwards they would be 1, 1, 3)

@@ -96,6 +96,22 @@ def test_fast_mode_shrinks_sizes_only(monkeypatch):
                    warm_start_min_steps=cfg.warm_start_min_steps) == cfg
 
 
+def test_fast_mode_sizes_each_field_as_documented(monkeypatch):
+    from xxpo_lab.config import pick
+
+    cfg = Config(steps=25, P=16, minibatches=1, eval_prompts=256, eval_every=5, grad_stats_batches=8,
+                 grad_stats_every=55, warm_start_acc=0.5, warm_start_min_steps=300)
+    assert pick(full=400, fast=20) == 400
+    monkeypatch.setenv("XXPO_FAST", "1")
+    assert pick(full=400, fast=20) == 20
+    small = sized(cfg)
+    expected = dict(steps=2, P=8, eval_prompts=64, eval_every=1, grad_stats_batches=4, grad_stats_every=5,
+                    warm_start_acc=0.2, warm_start_min_steps=30)
+    assert {k: getattr(small, k) for k in expected} == expected
+    assert all(type(getattr(small, k)) is type(v) for k, v in expected.items())
+    assert sized(replace(cfg, grad_stats_every=0)).grad_stats_every == 0  # off stays off
+
+
 def test_the_combinations_that_stay_allowed():
     Config(loss="gspo_token", adv="gae")  # GSPO-token takes per-token advantages
     Config(loss="gspo", adv="reinforce_pp")  # γ = 1 and no KL in the reward: one return per sequence

@@ -111,6 +111,17 @@ def test_measurements_at_fixed_parameters(tiny):
     assert len(norms) == 10 and (norms["score_norm2"] > 0).all() and set(norms["correct"]) <= {True, False}
 
 
+def test_gradient_statistics_take_the_first_update_of_a_step(tiny):
+    # prox = behav and d = 1 for every measured batch, so A-3PO's anchor is the sampler's and its gradient is
+    # decoupled PPO's (which would recompute prox in training, not here): the same statistics, bit for bit
+    from xxpo_lab.measure import measure_gradients
+
+    cfg = replace(tiny, grad_stats_batches=3)
+    a3po = measure_gradients(replace(cfg, loss="a3po"), seed=5)
+    decoupled = measure_gradients(replace(cfg, loss="decoupled_ppo"), seed=5)
+    assert a3po == pytest.approx(decoupled, nan_ok=True, rel=0, abs=0) and a3po["grad/var"] > 0
+
+
 def test_parallel_map_keeps_the_order():
     from xxpo_lab.runs import parallel_map
 

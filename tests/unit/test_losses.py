@@ -4,6 +4,7 @@
 minibatch splits, (c) the loss contract, (d) the expected gradients of the KL estimators (ALGORITHMS.md §0.4).
 """
 
+import math
 from dataclasses import fields, replace
 
 import pytest
@@ -109,14 +110,14 @@ def test_a3po_at_version_gap_1_is_decoupled_ppo():
 
 
 def test_a3po_prox_weight_on_behav_is_one_over_version_gap():
-    # log π̂_prox = α·behav_logp + (1-α)·sg(logp) with α = 1/d; with behav_logp = 1, logp = 0 it equals α.
+    # log π̂_prox = α·behav_logp + (1-α)·sg(logp) with α = 1/d; with behav_logp = -1, logp = -2 it is α - 2.
     # d = 1, 2, 4, 8 -> α = 1, 0.5, 0.25, 0.125 (AReaL's α' = 1 - α = 0, 0.5, 0.75, 0.875).
     # d = 0 cannot occur in training (gap = step + 1 - version >= 1); the clamp treats it as d = 1.
     mask = torch.ones(5, 2, dtype=F64)
-    b = make_batch(mask, behav_logp=torch.ones_like(mask), prox_logp=torch.zeros_like(mask),
+    b = make_batch(mask, behav_logp=-torch.ones_like(mask), prox_logp=torch.zeros_like(mask),
                    adv=torch.ones_like(mask), version_gap=torch.tensor([1, 2, 4, 8, 0]))
-    _, info = LOSSES["a3po"].fn(torch.zeros_like(mask, requires_grad=True), b, cfg_for("a3po"))
-    torch.testing.assert_close(info.prox_logp[:, 0], torch.tensor([1, 0.5, 0.25, 0.125, 1], dtype=F64))
+    _, info = LOSSES["a3po"].fn(torch.full_like(mask, -2.0, requires_grad=True), b, cfg_for("a3po"))
+    torch.testing.assert_close(info.prox_logp[:, 0], torch.tensor([-1, -1.5, -1.75, -1.875, -1], dtype=F64))
 
 
 def test_gspo_token_equals_gspo_when_advantage_is_constant_along_each_sequence():
@@ -301,3 +302,159 @@ def test_k2_in_the_loss_descends_the_reverse_kl():
 def test_k3_in_the_loss_descends_the_forward_kl():
     expected, _, forward = _kl_gradients("k3")  # E_π[(1 - ref/π)·∇log π] = -E_ref[∇log π] = ∇KL(ref‖π)
     torch.testing.assert_close(expected, forward)
+
+
+# -------------------------------------------------------------------------------------------------
+# (e) what each loss reports, and what its switches do (each test here was written for mutants that
+# survived `make mutate`: tests/README.md)
+
+INFO_FIELDS = {  # the LossInfo fields each loss fills, whatever the batch
+    **dict.fromkeys(["pg", "gspo", "gspo_token", "gmpo"], {"ratio", "clip_low", "clip_high", "out_of_band"}),
+    **dict.fromkeys(["ppo", "grpo", "bnpo", "dr_grpo", "dapo", "sppo"],
+                    {"ratio", "clip_low", "clip_high", "out_of_band", "dual_clip"}),
+    "decoupled_ppo": {"ratio", "clip_low", "clip_high", "out_of_band", "dual_clip", "is_weight", "is_masked"},
+    "a3po": {"ratio", "clip_low", "clip_high", "out_of_band", "dual_clip", "is_weight", "is_masked", "prox_logp"},
+    "sapo": {"ratio", "gate"}, "cispo": {"ratio", "is_capped"}, "self_play_po": {"ratio"},
+}
+
+
+def test_every_loss_is_listed_with_the_fields_it_reports():
+    assert set(INFO_FIELDS) == set(LOSSES)
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_every_loss_fills_the_info_fields_its_metrics_come_from(name):
+    b, logp = random_batch(seed=13)
+    _, info = LOSSES[name].fn(logp, b, cfg_for(name))
+    assert {f.name for f in fields(info) if getattr(info, f.name) is not None} == INFO_FIELDS[name]
+
+
+def grid_batch(log_ratios, advs):
+    """One token per row (T = 1, so a sequence ratio is the token ratio), one row per (log r, A) pair;
+    prox = behav = 0, so r = exp(log r) exactly at the band edges the grid holds."""
+    pairs = [(x, a) for x in log_ratios for a in advs]
+    col = lambda values: torch.tensor(values, dtype=F64)[:, None]
+    mask = torch.ones(len(pairs), 1, dtype=F64)
+    b = make_batch(mask, behav_logp=torch.zeros_like(mask), prox_logp=torch.zeros_like(mask),
+                   ref_logp=torch.zeros_like(mask), adv=col([a for _, a in pairs]),
+                   version_gap=torch.ones(len(pairs), dtype=torch.long))
+    return b, col([x for x, _ in pairs])
+
+
+ADVS = [-1.0, -0.5, 0.0, 0.5, 1.0]
+CLIPPING = [name for name, fields_ in INFO_FIELDS.items() if "clip_low" in fields_]
+
+
+@pytest.mark.parametrize("name", CLIPPING)
+def test_clip_flags_follow_their_definition_at_the_band_edges(name):
+    # eps_low 0.5, eps_high 0.75: the band is r in [0.5, 1.75] (GMPO: log r in [-0.5, 0.75]), and the grid
+    # puts tokens exactly on both edges, where nothing is clipped (strict inequalities, as TRL's metrics),
+    # with advantages of both signs, zero, and below 1 in size.
+    if name == "gmpo":
+        log_r = torch.tensor([-1.0, -0.5, 0.0, 0.6, 0.75, 1.0])
+        lo, hi, x = -0.5, 0.75, lambda info, log_r: log_r
+    else:
+        log_r = torch.log(torch.tensor([0.25, 0.5, 1.0, 1.6, 1.75, 2.0], dtype=F64))
+        lo, hi, x = 0.5, 1.75, lambda info, log_r: info.ratio
+    b, logp = grid_batch(log_r.tolist(), ADVS)
+    _, info = LOSSES[name].fn(logp, b, cfg_for(name, eps_low=0.5, eps_high=0.75))
+    value = x(info, logp)
+    assert (value == lo).any() and (value == hi).any(), "the grid must hold both edges exactly"
+    torch.testing.assert_close(info.ratio, logp.exp())
+    assert torch.equal(info.clip_low, (b.adv < 0) & (value < lo))
+    assert torch.equal(info.clip_high, (b.adv > 0) & (value > hi))
+    assert torch.equal(info.out_of_band, (value < lo) | (value > hi))
+
+
+def test_cispo_marks_the_weights_its_bounds_capped():
+    b, logp = grid_batch(torch.log(torch.tensor([0.25, 0.5, 1.0, 1.75, 2.0], dtype=F64)).tolist(), ADVS)
+    _, info = LOSSES["cispo"].fn(logp, b, cfg_for("cispo", eps_low=0.5, eps_high=0.75))
+    assert torch.equal(info.is_capped, (info.ratio < 0.5) | (info.ratio > 1.75))
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_the_kl_term_adds_beta_times_a_positive_penalty(name):
+    # k3 = r - 1 - log r >= 0 with r = ref/π, > 0 where π != ref: a larger beta must give a larger loss, by a
+    # penalty linear in beta (the term is added, never subtracted)
+    b, logp = random_batch(seed=14)
+    loss = {beta: LOSSES[name].fn(logp, b, cfg_for(name, beta=beta, kl_in="loss"))[0] for beta in (0.0, 0.1, 0.2)}
+    penalty = loss[0.1] - loss[0.0]
+    assert penalty > 0
+    torch.testing.assert_close(loss[0.2] - loss[0.0], 2 * penalty)
+
+
+DUAL_CLIPPED = [name for name, spec in LOSSES.items() if "dual_clip_c" in spec.switches]
+
+
+@pytest.mark.parametrize("name", DUAL_CLIPPED)
+def test_every_loss_that_takes_dual_clip_caps_a_negative_advantage_token_at_c(name):
+    # A = -1 with r = 8 > c = 2: the PPO term r·|A| = 8 is capped at c·|A| = 2 (ALGORITHMS.md §1); at r = c
+    # exactly the cap changes nothing and is not counted; A = +0.5 is clipped as usual, untouched by dual clip.
+    # One token per row.
+    b, logp = grid_batch([math.log(8.0), math.log(2.0), 0.0], [-1.0, 0.5])
+    cfg = cfg_for(name)
+    off, info_off = LOSSES[name].fn(logp, b, cfg)
+    on, info_on = LOSSES[name].fn(logp, b, replace(cfg, dual_clip_c=2.0))
+    assert info_on.dual_clip[:, 0].tolist() == [True, False, False, False, False, False]
+    assert not info_off.dual_clip.any()
+    norm = b.B * (cfg.T_max if name == "dr_grpo" else 1)  # Dr. GRPO divides by B·T_max
+    torch.testing.assert_close(off - on, torch.tensor((8.0 - 2.0) / norm, dtype=F64))
+
+
+@pytest.mark.parametrize("name", ["decoupled_ppo", "a3po"])
+def test_behav_weight_cap_drops_the_tokens_above_it_and_keeps_the_rest(name):
+    # w = π_prox/π_behav = 1, 2 (on the cap: kept) and e (above it: dropped, AReaL's mask). With A = 1 and
+    # r = 1, each kept token's loss is -w·A: token-mean over the kept tokens = -(1 + 2)/2.
+    # A-3PO builds its prox: at d = 2, log π̂_prox = (behav_logp + logp)/2, so behav 0 and logp = 2·log w;
+    # there r = π_θ/π̂_prox = w too, clipped at 1 + eps_high = 1.2: -(1·1 + 2·1.2)/2 = -1.7.
+    log_w = torch.tensor([[0.0], [math.log(2.0)], [1.0]], dtype=F64)
+    mask = torch.ones(3, 1, dtype=F64)
+    if name == "decoupled_ppo":
+        behav, logp, gap = -log_w, torch.zeros_like(mask), 1
+    else:
+        behav, logp, gap = torch.zeros_like(mask), 2 * log_w, 2
+    b = make_batch(mask, behav_logp=behav, prox_logp=torch.zeros_like(mask), ref_logp=torch.zeros_like(mask),
+                   adv=torch.ones_like(mask), version_gap=torch.full((3,), gap))
+    loss, info = LOSSES[name].fn(logp, b, cfg_for(name, behav_weight_cap=2.0))
+    assert torch.isfinite(loss)
+    assert info.is_masked[:, 0].tolist() == [False, False, True]
+    torch.testing.assert_close(info.is_weight[:, 0], torch.tensor([1.0, 2.0, math.e], dtype=F64))
+    torch.testing.assert_close(loss, torch.tensor(-1.5 if name == "decoupled_ppo" else -1.7, dtype=F64))
+    uncapped, info = LOSSES[name].fn(logp, b, cfg_for(name))
+    assert not info.is_masked.any() and uncapped != loss
+
+
+def test_self_play_po_regresses_the_sequence_log_ratio_onto_eta_times_the_mean_advantage():
+    # rows of length 1, 2, 3: Σ_t log r = 0.2, 0.3 - 0.1 = 0.2, 0.4·3 = 1.2; mean advantages 0.5, -0.25, 0.1;
+    # with eta = 2, ℓ_i = (Σ log r - 2·Ā_i)² = (0.2 - 1)², (0.2 + 0.5)², (1.2 - 0.2)² = 0.64, 0.49, 1.0, and
+    # seq-mean-token-mean of a constant row is its value: (0.64 + 0.49 + 1.0) / 3 = 0.71
+    mask = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 1]], dtype=F64)
+    log_r = torch.tensor([[0.2, 9, 9], [0.3, -0.1, 9], [0.4, 0.4, 0.4]], dtype=F64) * mask
+    adv = torch.tensor([[0.5, 0, 0], [-0.25, -0.25, 0], [0.1, 0.1, 0.1]], dtype=F64)
+    b = make_batch(mask, prox_logp=torch.zeros_like(mask), ref_logp=torch.zeros_like(mask), adv=adv,
+                   version_gap=torch.ones(3, dtype=torch.long))
+    loss, info = LOSSES["self_play_po"].fn(log_r, b, cfg_for("self_play_po", sp_eta=2.0))
+    torch.testing.assert_close(loss, torch.tensor(2.13 / 3, dtype=F64))
+    torch.testing.assert_close(info.ratio[:, 0], torch.tensor([0.2, 0.2, 1.2], dtype=F64).exp())
+
+
+def test_gmpo_clips_each_log_ratio_by_the_sign_of_its_advantage_before_the_geometric_mean():
+    # eps 0.4: row 1, A = +0.5: log r = (1.0, 0.2) -> (0.4, 0.2), mean 0.3, ℓ = -e^0.3·0.5;
+    # row 2, A = -1: log r = (-1.0, 0.6) -> (-0.4, 0.6), mean 0.1, ℓ = +e^0.1; seq-mean of the rows.
+    mask = torch.ones(2, 2, dtype=F64)
+    log_r = torch.tensor([[1.0, 0.2], [-1.0, 0.6]], dtype=F64)
+    adv = torch.tensor([[0.5, 0.5], [-1.0, -1.0]], dtype=F64)
+    b = make_batch(mask, prox_logp=torch.zeros_like(mask), ref_logp=torch.zeros_like(mask), adv=adv,
+                   version_gap=torch.ones(2, dtype=torch.long))
+    loss, _ = LOSSES["gmpo"].fn(log_r, b, cfg_for("gmpo"))
+    torch.testing.assert_close(loss, torch.tensor((-math.exp(0.3) * 0.5 + math.exp(0.1)) / 2, dtype=F64))
+
+
+def test_sapo_gates_a_zero_advantage_token_with_tau_neg():
+    # TRL and verl: tau = where(A > 0, tau_pos, tau_neg); the gate of an A = 0 token (its loss is 0 either way)
+    # is the A < 0 gate, and the gate/mean metric averages it
+    b, logp = grid_batch([math.log(0.5), math.log(1.5)], [-1.0, 0.0, 1.0])
+    _, info = LOSSES["sapo"].fn(logp, b, cfg_for("sapo", tau_pos=1.0, tau_neg=3.0))
+    gate = info.gate[:, 0].view(2, 3)  # rows: r = 0.5, 1.5; columns: A = -1, 0, 1
+    torch.testing.assert_close(gate[:, 1], gate[:, 0])
+    assert (gate[:, 1] != gate[:, 2]).all()

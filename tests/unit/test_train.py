@@ -258,3 +258,14 @@ def test_a_kl_penalty_logs_the_drift_from_the_reference_and_holds_it_back(tiny, 
     assert weak.iloc[-1] > 0.01
     assert strong.sum() < 0.9 * weak.sum()
     assert "kl/ref_k3" not in train(tiny, progress=False, cache=False)  # no reference without a penalty
+
+
+def test_the_value_clip_fraction_is_the_share_of_tokens_where_the_clipped_value_loss_was_larger(tiny):
+    # one update starts at the sampled values: nothing to clip. With eps_value 1e-4 and two epochs the second
+    # update's values have moved past the band, and where the clipped error is the larger the clip counts: the
+    # step's mean over its two updates is above 0 and at most 1/2 (the first update's share is 0)
+    one = train(replace(tiny, loss="ppo", eps_value=1e-4), progress=False, cache=False)
+    two = train(replace(tiny, loss="ppo", epochs=2, eps_value=1e-4), progress=False, cache=False)
+    assert (one["value/clip_frac"].dropna() == 0).all()
+    frac = two["value/clip_frac"].dropna()
+    assert len(frac) == tiny.steps and ((frac > 0) & (frac <= 0.5)).all()
