@@ -195,3 +195,76 @@ def test_resume_with_the_prompt_critic_ends_identical(tiny, tmp_path, monkeypatc
     steady = lambda h: h[[c for c in h if not c.startswith(("time/", "mem/peak"))]]
     pd.testing.assert_frame_equal(steady(full), steady(resumed))
     assert "value/explained_var" in full  # the prompt critic was trained and checkpointed
+
+
+# -------------------------------------------------------------------------------------------------
+# the run's machinery: optimizers, extra models, the learning-rate warmup, timings and memory (each test
+# written for mutants that survived `make mutate`: tests/README.md)
+
+
+def test_setup_builds_the_optimizers_and_only_the_extra_models_the_config_asks_for(tiny):
+    plain = loop.setup(resolve(tiny), CPU)
+    assert plain.critic is None and plain.ref is None and plain.behav is None
+    cfg = resolve(replace(tiny, loss="ppo", beta=0.04, staleness=1, lr=2e-4, weight_decay=0.05, critic_lr=7e-4))
+    state = loop.setup(cfg, CPU)
+    assert [(g["lr"], g["weight_decay"]) for g in state.opt.param_groups] == [(2e-4, 0.05)]
+    assert [(g["lr"], g["weight_decay"]) for g in state.opt_critic.param_groups] == [(7e-4, 0.0)]
+    for frozen in (state.ref, state.behav):  # copies of the policy that no gradient may reach
+        assert frozen is not None and not any(p.requires_grad for p in frozen.parameters())
+
+
+def test_the_learning_rate_rises_linearly_over_warmup_steps_then_stays(tiny):
+    state = loop.setup(resolve(replace(tiny, warmup_steps=3, lr=3e-4)), CPU)
+    lrs = []
+    for step in range(5):
+        loop.training_step(state, step)
+        lrs.append(state.opt.param_groups[0]["lr"])
+    assert lrs == pytest.approx([1e-4, 2e-4, 3e-4, 3e-4, 3e-4])
+    state = loop.setup(resolve(replace(tiny, warmup_steps=0, lr=3e-4)), CPU)
+    loop.training_step(state, 0), loop.training_step(state, 1)
+    assert state.opt.param_groups[0]["lr"] == pytest.approx(3e-4)  # no warmup: the full rate from the start
+
+
+def test_a_step_times_its_parts_and_the_run_adds_the_steps_up(tiny):
+    hist = train(replace(tiny, loss="ppo", dynamic_sampling=True), progress=False, cache=False)
+    steps = hist[hist["step"] < tiny.steps]
+    parts = steps[["time/sample", "time/score", "time/update"]]
+    assert (parts > 0).all().all()
+    assert (parts.sum(axis=1) <= steps["time/step"]).all()
+    evaluated = hist.dropna(subset=["eval/accuracy"])  # time/elapsed: the training seconds before the row
+    elapsed = steps["time/step"].cumsum().shift(fill_value=0.0).tolist() + [steps["time/step"].sum()]
+    assert evaluated["time/elapsed"].tolist() == pytest.approx([elapsed[s] for s in evaluated["step"]])
+
+
+def test_a_critic_run_logs_the_policy_the_critic_and_the_memory_of_both(tiny):
+    hist = train(replace(tiny, loss="ppo"), progress=False, cache=False)
+    steps = hist[hist["step"] < tiny.steps]
+    for col in ("loss/policy", "grad/norm", "clip/active_frac", "loss/value", "value/explained_var",
+                "mem/policy_params_mb", "mem/policy_optim_mb", "mem/critic_params_mb", "mem/critic_optim_mb"):
+        assert steps[col].notna().all(), col
+    assert (steps["value/explained_var"] <= 1).all()
+    assert (steps["mem/critic_params_mb"] > 0).all() and (steps["mem/policy_optim_mb"] > 0).all()
+    # the process's peak resident memory, in MB: a Python with torch holds more than 50 MB, and less than 1 TB
+    assert (steps["mem/peak_mb"] > 50).all() and (steps["mem/peak_mb"] < 2**20).all()
+
+
+def test_gradient_statistics_are_taken_on_the_steps_grad_stats_every_names(tiny):
+    hist = train(replace(tiny, steps=5, grad_stats_every=2, grad_stats_batches=3), progress=False, cache=False)
+    assert hist.dropna(subset=["grad/var"])["step"].tolist() == [0, 2, 4]
+
+
+def test_a_non_finite_gradient_names_the_gradient(tiny, monkeypatch):
+    # sqrt(|x|) at x = 0: a finite loss whose gradient is nan
+    from dataclasses import replace as dc_replace
+
+    from xxpo_lab.losses import LOSSES
+
+    spec = LOSSES["grpo"]
+
+    def nan_gradient(logp, b, cfg):
+        loss, info = spec.fn(logp, b, cfg)
+        return loss + (logp - logp.detach()).abs().sqrt().sum(), info
+
+    monkeypatch.setitem(LOSSES, "grpo", dc_replace(spec, fn=nan_gradient))
+    with pytest.raises(loop.NonFiniteError, match=r"^step 0: grad/norm is nan"):
+        train(tiny, progress=False, cache=False)
