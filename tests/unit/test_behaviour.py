@@ -5,6 +5,7 @@ losses and GAE's whitening, and resuming with the prompt critic.
 """
 
 import math
+import time
 from dataclasses import replace
 
 import pandas as pd
@@ -126,9 +127,22 @@ def test_dynamic_sampling_refills_with_groups_that_have_signal(tiny, monkeypatch
     state = loop.setup(cfg, CPU)
     pattern = {"S": [True, False, False, True], "0": [False] * 4, "1": [True] * 4}
     calls = iter(REFILL_ROUNDS)
-    monkeypatch.setattr(loop, "score", lambda *a: torch.tensor([c for g in next(calls) for c in pattern[g]]))
-    b, kept_frac = loop.collect(state, state.policy, 0, state.rng, state.gen, {})
+    real_sample = loop.sample
+
+    def slow_sample(*a, **k):  # 10 ms a round, so the times must add up over the rounds
+        time.sleep(0.01)
+        return real_sample(*a, **k)
+
+    def scripted_score(*a):
+        time.sleep(0.01)
+        return torch.tensor([c for g in next(calls) for c in pattern[g]])
+
+    monkeypatch.setattr(loop, "sample", slow_sample)
+    monkeypatch.setattr(loop, "score", scripted_score)
+    times = {}
+    b, kept_frac = loop.collect(state, state.policy, 0, state.rng, state.gen, times)
     assert kept_frac == with_signal / (rounds * cfg.P) and state.samples == rounds * cfg.P * cfg.G
+    assert times["time/sample"] >= 0.01 * rounds and times["time/score"] >= 0.01 * rounds  # every round's price
     kept = min(with_signal, cfg.P)
     groups = b.correct.view(cfg.P, cfg.G)
     has_signal = groups.any(-1) & ~groups.all(-1)
@@ -226,8 +240,11 @@ def test_the_learning_rate_rises_linearly_over_warmup_steps_then_stays(tiny):
 
 
 def test_a_step_times_its_parts_and_the_run_adds_the_steps_up(tiny):
+    t0 = time.perf_counter()
     hist = train(replace(tiny, loss="ppo", dynamic_sampling=True), progress=False, cache=False)
+    wall = time.perf_counter() - t0
     steps = hist[hist["step"] < tiny.steps]
+    assert steps["time/step"].sum() < wall
     parts = steps[["time/sample", "time/score", "time/update"]]
     assert (parts > 0).all().all()
     assert (parts.sum(axis=1) <= steps["time/step"]).all()

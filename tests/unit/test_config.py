@@ -39,7 +39,8 @@ from xxpo_lab.tasks import TASKS
     ({"steps": 0}, r"Config.steps = 0 .* >= 1"),
     ({"grad_stats_batches": 2}, r"Config.grad_stats_batches = 2 .* >= 3"),
     ({"task": "addition", "difficulty": 9}, r"Config.difficulty = 9 .* 'addition'.* \[1, 6\]"),
-    ({"loss": "sppo", "reward_offset": 1.0}, r"Config.reward_offset = 1.0 .* adv='sppo'"),
+    ({"loss": "sppo", "reward_offset": 1.0}, r"^Config.reward_offset = 1.0 is not allowed: must be 0 with "
+     r"adv='sppo' \(its critic predicts a success probability\)$"),
     # types: every field holds its annotated type, floats are finite
     ({"beta": float("nan")}, r"Config.beta = nan .* must be a finite float"),
     ({"weight_decay": float("nan")}, r"Config.weight_decay = nan"),
@@ -119,6 +120,9 @@ def test_fast_mode_sizes_each_field_as_documented(monkeypatch):
     assert {k: getattr(small, k) for k in expected} == expected
     assert all(type(getattr(small, k)) is type(v) for k, v in expected.items())
     assert sized(replace(cfg, grad_stats_every=0)).grad_stats_every == 0  # off stays off
+    assert sized(replace(cfg, grad_stats_every=15)).grad_stats_every == 1
+    assert sized(replace(cfg, eval_every=50, grad_stats_every=50)).eval_every == 5
+    assert sized(replace(cfg, eval_every=50, grad_stats_every=50)).grad_stats_every == 5
 
 
 def test_the_combinations_that_stay_allowed():
