@@ -23,7 +23,7 @@ help:
 	@echo "make sync    rewrite the notebooks' install cells from _config.yml and strip outputs"
 	@echo "make lint    ruff"
 	@echo "make bench   run the benchmarks (benchmarks/README.md)"
-	@echo "make mutate  mutation testing of the math, the loop and the config (tests/README.md), about an hour"
+	@echo "make mutate  mutation testing of the math, the loop and the config (tests/README.md), one to two hours"
 	@echo "make clean   remove the built site; make clean-cache removes cached warm starts and runs"
 
 setup: $(STAMP)

@@ -38,7 +38,9 @@ def main(out: Path = ROOT / "benchmarks" / "mutation.json") -> None:
         score = f"{s['score']:.1%}" if s["score"] is not None else "-"
         print(f"{name:<16}{s['total']:>8}{s.get('killed', 0):>8}{s.get('survived', 0):>9}"
               f"{s.get('no tests', 0):>9}{s.get('timeout', 0):>8}{score:>8}")
-    out.write_text(json.dumps({"modules": modules, "survivors": survivors}, indent=1) + "\n")
+    before = json.loads(out.read_text()).get("before") if out.exists() else None  # the recorded baseline stays
+    record = {"modules": modules, "survivors": survivors} | ({"before": before} if before else {})
+    out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"{len(survivors)} survivors (mutmut show NAME prints one); written to {out.relative_to(ROOT)}")
 
 
