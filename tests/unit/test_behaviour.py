@@ -272,8 +272,6 @@ def test_gradient_statistics_are_taken_on_the_steps_grad_stats_every_names(tiny)
 
 def test_a_non_finite_gradient_names_the_gradient(tiny, monkeypatch):
     # sqrt(|x|) at x = 0: a finite loss whose gradient is nan
-    from dataclasses import replace as dc_replace
-
     from xxpo_lab.losses import LOSSES
 
     spec = LOSSES["grpo"]
@@ -282,6 +280,6 @@ def test_a_non_finite_gradient_names_the_gradient(tiny, monkeypatch):
         loss, info = spec.fn(logp, b, cfg)
         return loss + (logp - logp.detach()).abs().sqrt().sum(), info
 
-    monkeypatch.setitem(LOSSES, "grpo", dc_replace(spec, fn=nan_gradient))
+    monkeypatch.setitem(LOSSES, "grpo", replace(spec, fn=nan_gradient))
     with pytest.raises(loop.NonFiniteError, match=r"^step 0: grad/norm is nan"):
         train(tiny, progress=False, cache=False)

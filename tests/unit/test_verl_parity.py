@@ -55,27 +55,19 @@ def test_group_zscore_is_verls_grpo(seed, binary):
     assert ours[: 2 * G].abs().max() == 0 and ours.abs().max() > 0.5  # equal groups give 0, the others do not
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_group_center_is_verls_grpo_without_the_std(seed):
-    b, cfg = random_batch(seed, binary=False), Config(G=G, adv="dr_grpo")
-    ours, _ = ADVANTAGES["dr_grpo"](b, cfg)
-    theirs, _ = verl.compute_grpo_outcome_advantage(*verl_inputs(b, cfg), norm_adv_by_std_in_grpo=False)
-    torch.testing.assert_close(ours, theirs, **TOL)
+GROUP_BASELINES = [  # (our advantage, verl's function, its keyword arguments)
+    ("dr_grpo", "compute_grpo_outcome_advantage", {"norm_adv_by_std_in_grpo": False}),  # GRPO without the std
+    ("rloo", "compute_rloo_outcome_advantage", {}),
+    ("reinforce_pp_baseline", "compute_reinforce_plus_plus_baseline_outcome_advantage", {}),
+]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_rloo_is_verls_rloo(seed):
-    b, cfg = random_batch(seed, binary=False), Config(G=G, adv="rloo")
-    ours, _ = ADVANTAGES["rloo"](b, cfg)
-    theirs, _ = verl.compute_rloo_outcome_advantage(*verl_inputs(b, cfg))
-    torch.testing.assert_close(ours, theirs, **TOL)
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_reinforce_pp_baseline_is_verls(seed):
-    b, cfg = random_batch(seed, binary=False), Config(G=G, adv="reinforce_pp_baseline")
-    ours, _ = ADVANTAGES["reinforce_pp_baseline"](b, cfg)
-    theirs, _ = verl.compute_reinforce_plus_plus_baseline_outcome_advantage(*verl_inputs(b, cfg))
+@pytest.mark.parametrize("adv, verl_fn, kwargs", GROUP_BASELINES, ids=[a for a, _, _ in GROUP_BASELINES])
+def test_group_baselines_are_verls(seed, adv, verl_fn, kwargs):
+    b, cfg = random_batch(seed, binary=False), Config(G=G, adv=adv)
+    ours, _ = ADVANTAGES[adv](b, cfg)
+    theirs, _ = getattr(verl, verl_fn)(*verl_inputs(b, cfg), **kwargs)
     torch.testing.assert_close(ours, theirs, **TOL)
 
 
