@@ -46,11 +46,43 @@ def summary(table: pd.DataFrame, metric: str = "eval/accuracy", last_update: lis
     return pd.DataFrame(rows)
 
 
-def wins(per_seed: pd.DataFrame, a, b, column: str = "mean", by: str = "run") -> int:
+def where(table: pd.DataFrame, **values) -> pd.DataFrame:
+    """The rows whose columns hold the given values; a list or tuple means any of them:
+    where(runs, loss="ppo", epochs=[1, 4]). A column the table lacks is a KeyError naming it."""
+    keep = pd.Series(True, index=table.index)
+    for column, value in values.items():
+        if column not in table:
+            raise KeyError(f"where: no column {column!r}; the table's run columns are {id_columns(table)}")
+        keep &= table[column].isin(value if isinstance(value, list | tuple) else [value])
+    return table[keep]
+
+
+def per_seed(per_run: pd.DataFrame, column: str = "mean", by: str = "run") -> pd.DataFrame:
+    """One column of a per-seed table (`summary`) as seeds × groups: per_seed(s, "end")["ppo K=4"] is that
+    run's end value on every seed, so groups compare seed by seed with plain arithmetic."""
+    return per_run.pivot(index="seed", columns=by, values=column)
+
+
+def by_seed(per_run: pd.DataFrame, columns=("start", "end", "mean"), by: str | list[str] = "run") -> pd.DataFrame:
+    """A per-seed table for reading: one row per group (`by`: a column or several), each column once per seed."""
+    return per_run.set_index([*([by] if isinstance(by, str) else by), "seed"])[list(columns)].unstack("seed")
+
+
+def wins(per_run: pd.DataFrame, a, b, column: str = "mean", by: str = "run") -> int:
     """On how many seeds group `a` of a per-seed table (`summary`) has a higher `column` than group `b`."""
-    left = per_seed[per_seed[by] == a].set_index("seed")[column]
-    right = per_seed[per_seed[by] == b].set_index("seed")[column]
-    return int((left > right.reindex(left.index)).sum())
+    values = per_seed(per_run, column, by)
+    return int((values[a] > values[b]).sum())
+
+
+def reached(table: pd.DataFrame, run, within, x: str = "time/elapsed", metric: str = "eval/accuracy",
+            by: str = "run") -> pd.Series:
+    """Per seed, the last `metric` that run `run` logged at or before the largest `x` that run `within`
+    logged: what one run reached in the time (x='time/elapsed') or samples ('eval/samples') another took."""
+    out = {}
+    for seed, part in where(table, **{by: run}).dropna(subset=[metric]).groupby("seed"):
+        budget = where(table, **{by: within, "seed": seed})[x].max()
+        out[seed] = part[part[x] <= budget][metric].iloc[-1]
+    return pd.Series(out, name=metric).rename_axis("seed")
 
 
 def updates(table: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:

@@ -91,6 +91,14 @@ def test_plots_draw_one_line_per_run_with_seed_bands(runs):
     assert len(plots.compare_bars(runs, "reward/mean").axes[0].patches) == 2
 
 
+def test_the_book_style_shows_tables_to_three_decimals():
+    from xxpo_lab import plots
+
+    with pd.option_context("display.precision", 6):
+        plots.style()
+        assert "0.123" in repr(pd.DataFrame({"x": [0.123456]})) and "0.1235" not in repr(pd.DataFrame({"x": [0.123456]}))
+
+
 def test_notebooks_are_committed_without_outputs():
     for path in _sync.notebooks():
         nb = json.loads(path.read_text())

@@ -1,4 +1,4 @@
-"""Reading run tables (summary, wins, updates, group_counts), gluing them, and the columns compare adds."""
+"""Reading run tables (summary, where, per_seed, by_seed, wins, reached, updates, group_counts), gluing them, and the columns compare adds."""
 
 from dataclasses import replace
 
@@ -7,7 +7,7 @@ import pytest
 
 from xxpo_lab import compare, summary, updates
 from xxpo_lab.interactive import glue_table, slug
-from xxpo_lab.tables import group_counts, wins
+from xxpo_lab.tables import by_seed, group_counts, per_seed, reached, where, wins
 
 MEM = {"mem/policy_params_mb": 1.0, "mem/policy_optim_mb": 2.0, "mem/critic_params_mb": 0.0,
        "mem/critic_optim_mb": 0.0, "mem/peak_mb": 100.0}
@@ -48,6 +48,41 @@ def test_wins_counts_seeds_where_one_run_beats_another(table):
     assert wins(s, "a K=2", "b K=2") == 2 and wins(s, "b K=2", "a K=2") == 0
     shifted = s.assign(mean=s["mean"] + s["seed"].map({0: 0.0, 1: 0.2}) * (s["run"] == "b K=2"))
     assert wins(shifted, "b K=2", "a K=2") == 1  # seed 1 only
+
+
+def test_where_selects_rows_by_value_or_any_of_a_list(table):
+    assert set(where(table, run="a K=2")["loss"]) == {"ppo"}
+    assert len(where(table, run=["a K=2", "b K=2"], seed=1)) == 2 * 4
+    assert len(where(table, loss="ppo", seed=(0, 1), step=3)) == 2
+    assert where(table, loss="grpo").empty
+    with pytest.raises(KeyError, match="where: no column 'eps'.*'run', 'loss', 'epochs', 'seed'"):
+        where(table, eps=0.2)
+
+
+def test_per_seed_and_by_seed_lay_a_summary_out_by_seed(table):
+    s = summary(table)
+    end = per_seed(s, "end")
+    assert list(end.index) == [0, 1] and list(end.columns) == ["a K=2", "b K=2"]
+    assert end.loc[1, "b K=2"] == pytest.approx(0.7 - 0.1 + 0.01)
+    assert per_seed(s, "end", by="loss").loc[0, "pg"] == pytest.approx(0.6)
+    shown = by_seed(s, ["start", "end"])
+    assert list(shown.index) == ["a K=2", "b K=2"]
+    assert list(shown.columns) == [("start", 0), ("start", 1), ("end", 0), ("end", 1)]
+    assert shown.loc["a K=2", ("end", 1)] == pytest.approx(0.71)
+    two = by_seed(s, ["end"], by=["loss", "run"])
+    assert list(two.index) == [("pg", "b K=2"), ("ppo", "a K=2")] and two.loc[("pg", "b K=2"), ("end", 0)] == 0.6
+
+
+def test_reached_is_what_one_run_logged_within_another_runs_budget(table):
+    slow = table.assign(run="slow", **{"time/elapsed": table["step"] * 2.0})
+    fast = table.assign(run="fast", **{"time/elapsed": table["step"] * 1.0})
+    both = pd.concat([where(slow, seed=[0, 1]).drop_duplicates(["seed", "step"]),
+                      where(fast, seed=[0, 1]).drop_duplicates(["seed", "step"])])
+    # slow ends at elapsed 6: fast has logged steps 0..3 by then -> its last value, 0.7 (+0.01 on seed 1)
+    assert reached(both, "fast", within="slow").tolist() == pytest.approx([0.7, 0.71])
+    # fast ends at elapsed 3: slow has logged steps 0 and 1 (elapsed 0, 2) -> 0.6
+    assert reached(both, "slow", within="fast").tolist() == pytest.approx([0.6, 0.61])
+    assert reached(both, "slow", within="fast", x="step").tolist() == pytest.approx([0.7, 0.71])
 
 
 def test_updates_and_group_counts_are_long_tables(table):
