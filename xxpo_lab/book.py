@@ -208,3 +208,30 @@ def token_rows(tokenizer, b: Batch, effects: TokenEffects, rows: list[int], labe
         out.append({"label": label, "tokens": tokens, "weight": effects.weight[i, :n].tolist(),
                     "status": effects.status[i][:n], "ratio": effects.ratio[i, :n].tolist()})
     return out
+
+
+def reuse_views(cfg: Config, seed: int = 0, updates: tuple[int, ...] = (0, -1), responses: int = 4) -> list[dict]:
+    """The token view of one batch reused cfg.epochs times (`measure.reuse_one_batch`): `responses` responses
+    of the first prompt whose group holds right and wrong answers, at each update in `updates` (-1: the
+    last), labelled 'update u, R = r'. Cached like a run: a chapter's build does not redo the updates."""
+    import pandas as pd
+
+    from xxpo_lab.config import to_dict
+    from xxpo_lab.measure import reuse_one_batch
+    from xxpo_lab.runs import cached_table
+
+    def compute() -> pd.DataFrame:
+        state, b, logps = reuse_one_batch(cfg, seed)
+        G = state.cfg.G
+        mixed = b.correct.view(-1, G).float().mean(-1)
+        group = int(((mixed > 0) & (mixed < 1)).nonzero()[0])
+        rows = list(range(group * G, group * G + responses))
+        views = []
+        for u in (u % len(logps) for u in updates):
+            labels = [f"update {u}, R = {r:.0f}" for r in b.reward[rows].tolist()]
+            views += token_rows(state.tokenizer, b, token_effects(cfg.loss, logps[u], b, state.cfg), rows, labels)
+        return pd.DataFrame(views)
+
+    payload = {"config": to_dict(cfg), "seed": seed, "updates": list(updates), "responses": responses}
+    table = cached_table("reuse-views", payload, compute, code=[reuse_one_batch, token_effects, token_rows])
+    return [{k: (v if isinstance(v, str) else list(v)) for k, v in row.items()} for row in table.to_dict("records")]

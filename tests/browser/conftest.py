@@ -79,24 +79,46 @@ def browser_context(tmp_path_factory):
         context.close()
 
 
+def _load(context, site_url: str, path: str):
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    response = page.goto(f"{site_url}/{path}", wait_until="load")
+    assert response is not None and response.ok, f"{path}: HTTP {response and response.status}"
+    page.evaluate("() => window.MathJax?.startup?.promise")  # typesetting done (pages with math)
+    return page, errors
+
+
 @pytest.fixture
 def open_page(browser_context, site_url):
-    """Open a page of the site; returns (page, errors) where errors are JS errors raised by the page."""
+    """Open a fresh copy of a page of the site, for a test that changes it (moves a slider); returns
+    (page, errors) where errors are the JavaScript errors the page raised."""
     opened = []
 
     def _open(path: str):
-        page = browser_context.new_page()
-        errors = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-        response = page.goto(f"{site_url}/{path}", wait_until="load")
-        assert response is not None and response.ok, f"{path}: HTTP {response and response.status}"
-        page.evaluate("() => window.MathJax?.startup?.promise")  # typesetting done (pages with math)
+        page, errors = _load(browser_context, site_url, path)
         opened.append(page)
         return page, errors
 
     yield _open
     for page in opened:
+        page.close()
+
+
+@pytest.fixture(scope="session")
+def loaded_page(browser_context, site_url):
+    """A page of the site, loaded once per session and shared by the tests that only read it (each page
+    costs a second or two to load and typeset); returns (page, errors) like `open_page`."""
+    pages = {}
+
+    def _open(path: str):
+        if path not in pages:
+            pages[path] = _load(browser_context, site_url, path)
+        return pages[path]
+
+    yield _open
+    for page, _ in pages.values():
         page.close()
 
 

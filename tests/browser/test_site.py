@@ -22,8 +22,8 @@ def _math_state(page) -> dict:
 
 
 @pytest.mark.parametrize("path", PAGES)
-def test_page_loads_without_errors(open_page, path):
-    page, errors = open_page(f"{path}.html")
+def test_page_loads_without_errors(loaded_page, path):
+    page, errors = loaded_page(f"{path}.html")
     page.wait_for_timeout(300)
     assert page.title(), f"{path} has no title"
     assert errors == [], f"{path}: JavaScript errors {errors}"
@@ -32,8 +32,8 @@ def test_page_loads_without_errors(open_page, path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOK_PAGES)
-def test_figures_are_present_and_loaded(open_page, path):
-    page, _ = open_page(f"{path}.html")
+def test_figures_are_present_and_loaded(loaded_page, path):
+    page, _ = loaded_page(f"{path}.html")
     images = page.evaluate("""() => Array.from(document.querySelectorAll('article img'))
         .filter(img => img.src.includes('_images'))
         .map(img => ({src: img.src, ok: img.complete && img.naturalWidth > 0}))""")
@@ -43,8 +43,8 @@ def test_figures_are_present_and_loaded(open_page, path):
     assert all(img["ok"] for img in images), f"{path}: images that failed to load {images}"
 
 
-def test_math_is_rendered_by_mathjax(open_page):
-    page, _ = open_page(f"{PAGES[0]}.html")
+def test_math_is_rendered_by_mathjax(loaded_page):
+    page, _ = loaded_page(f"{PAGES[0]}.html")
     page.wait_for_function("document.querySelectorAll('mjx-container').length > 0", timeout=15000)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "chapter0.png"), full_page=False)
@@ -52,34 +52,34 @@ def test_math_is_rendered_by_mathjax(open_page):
 
 
 @pytest.mark.parametrize("path", NOTEBOOK_PAGES)
-def test_colab_button_points_at_this_notebook(open_page, repository, path):
+def test_colab_button_points_at_this_notebook(loaded_page, repository, path):
     url, branch = repository
     org_repo = url.removeprefix("https://github.com/")
     expected = f"https://colab.research.google.com/github/{org_repo}/blob/{branch}/{path}.ipynb"
-    page, _ = open_page(f"{path}.html")
+    page, _ = loaded_page(f"{path}.html")
     hrefs = page.evaluate("() => Array.from(document.querySelectorAll('a')).map(a => a.href)")
     colab = [h for h in hrefs if "colab.research.google.com" in h]
     assert colab == [expected], f"{path}: Colab links {colab}, expected {expected}"
 
 
-def test_repository_button(open_page, repository):
-    page, _ = open_page(f"{PAGES[0]}.html")
+def test_repository_button(loaded_page, repository):
+    page, _ = loaded_page(f"{PAGES[0]}.html")
     hrefs = page.evaluate("() => Array.from(document.querySelectorAll('a')).map(a => a.href)")
     assert repository[0] in hrefs
 
 
-def test_site_needs_no_cdn(open_page, browser_context):
+def test_site_needs_no_cdn(loaded_page, browser_context):
     for path in PAGES:
-        open_page(f"{path}.html")
+        loaded_page(f"{path}.html")
     scripts = [(kind, url) for kind, url in browser_context.blocked if kind in ("script", "stylesheet", "font")]
     assert scripts == [], f"pages asked a CDN for {scripts}"
 
 
 @pytest.mark.parametrize("path", PAGES)
-def test_every_formula_renders(open_page, path):
+def test_every_formula_renders(loaded_page, path):
     """MathJax shows a bad formula as a red 'Math input error' box (mjx-merror) and raises no JavaScript
     error: look for the box itself."""
-    page, _ = open_page(f"{path}.html")
+    page, _ = loaded_page(f"{path}.html")
     bad = page.evaluate("""() => Array.from(document.querySelectorAll('mjx-merror'))
         .map(e => (e.getAttribute('data-mjx-error') || e.textContent).slice(0, 120))""")
     assert bad == [], f"{path}: MathJax could not render {bad}"
@@ -106,19 +106,19 @@ OVERFLOW = """() => {
 
 
 @pytest.mark.parametrize("path", PAGES)
-def test_nothing_is_wider_than_its_column(open_page, path):
+def test_nothing_is_wider_than_its_column(loaded_page, path):
     """No displayed equation, code block, table or figure runs past the text column at 1280 px, or needs a
     sideways scroll bar to be read."""
-    page, _ = open_page(f"{path}.html")
+    page, _ = loaded_page(f"{path}.html")
     page.wait_for_timeout(300)
     assert page.evaluate(OVERFLOW) == [], f"{path}: wider than the column"
 
 
 @pytest.mark.parametrize("path", PAGES)
-def test_prose_numbers_are_formatted_and_nothing_points_outside_the_book(open_page, path):
+def test_prose_numbers_are_formatted_and_nothing_points_outside_the_book(loaded_page, path):
     """Every glued number reached the page formatted (no 0.7845134219260657), and no page cites a file readers
     cannot open (../shared, a probe report)."""
-    page, _ = open_page(f"{path}.html")
+    page, _ = loaded_page(f"{path}.html")
     text = page.evaluate("() => Array.from(document.querySelectorAll('article p, article li')).map(e => e.innerText).join('\\n')")
     raw = re.findall(r"\d\.\d{6,}", text)
     assert raw == [], f"{path}: unformatted numbers in the prose {raw[:5]}"
@@ -127,10 +127,10 @@ def test_prose_numbers_are_formatted_and_nothing_points_outside_the_book(open_pa
 
 
 @pytest.mark.parametrize("path", NOTEBOOK_PAGES)
-def test_plumbing_is_folded_and_teaching_code_is_in_view(open_page, path):
+def test_plumbing_is_folded_and_teaching_code_is_in_view(loaded_page, path):
     """Cells tagged hide-input show a fold button instead of their code; the cells left in view are the ones
     a reader learns from (configs and calls into the lab), never a cell of imports only, or glue."""
-    page, _ = open_page(f"{path}.html")
+    page, _ = loaded_page(f"{path}.html")
     visible = page.evaluate("""() => Array.from(document.querySelectorAll('div.cell:not(.tag_hide-input) .cell_input'))
         .map(e => e.innerText)""")
     assert page.evaluate("() => document.querySelectorAll('div.cell.tag_hide-input').length") > 0, path

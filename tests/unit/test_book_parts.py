@@ -226,3 +226,16 @@ def test_chapter_code_fits_the_page_column():
                 source = "\n".join(re.findall(r"^```(?!\{)[^\n]*\n(.*?)^```", source, flags=re.M | re.S))
             wide = [line for line in source.splitlines() if len(line) > 74]
             assert wide == [], f"{path.name}: {wide[0]!r} is {len(wide[0])} characters"
+
+
+def test_reuse_views_shows_one_mixed_group_at_the_first_and_last_update_and_is_cached(tiny, monkeypatch):
+    from xxpo_lab import book, measure
+
+    cfg = replace(tiny, loss="ppo", epochs=3, lr=3e-2, P=8)
+    views = book.reuse_views(cfg, seed=1, responses=2)
+    assert [v["label"].split(",")[0] for v in views] == ["update 0"] * 2 + ["update 2"] * 2
+    assert all(len(v["tokens"]) == len(v["weight"]) == len(v["status"]) for v in views)
+    assert "clipped" not in views[0]["status"] + views[1]["status"]  # update 0: the policy is the sampler
+    assert {v["label"].split("R = ")[1] for v in views[:2]} <= {"0", "1"}
+    monkeypatch.setattr(measure, "sample_batch", lambda *a, **k: pytest.fail("recomputed a cached view"))
+    assert book.reuse_views(cfg, seed=1, responses=2) == views
