@@ -55,7 +55,7 @@ def rgba(hex_color: str, alpha: float) -> str:
 
 def style() -> None:
     """The book's defaults: matplotlib sizes for a web page, no top/right spines; tables show 3 decimals."""
-    pd.set_option("display.precision", 3)
+    pd.set_option("display.float_format", "{:.3f}".format)
     plt.rcParams.update({
         "figure.dpi": 110, "savefig.dpi": 110, "figure.figsize": (6.4, 3.6), "axes.spines.top": False,
         "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.25, "legend.frameon": False,

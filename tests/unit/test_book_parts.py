@@ -94,9 +94,10 @@ def test_plots_draw_one_line_per_run_with_seed_bands(runs):
 def test_the_book_style_shows_tables_to_three_decimals():
     from xxpo_lab import plots
 
-    with pd.option_context("display.precision", 6):
+    with pd.option_context("display.float_format", None):
         plots.style()
-        assert "0.123" in repr(pd.DataFrame({"x": [0.123456]})) and "0.1235" not in repr(pd.DataFrame({"x": [0.123456]}))
+        shown = repr(pd.DataFrame({"x": [0.123456, 4.3e-09, 266.7244]}))
+        assert shown.split() == ["x", "0", "0.123", "1", "0.000", "2", "266.724"]
 
 
 def test_notebooks_are_committed_without_outputs():
