@@ -269,3 +269,22 @@ def test_the_value_clip_fraction_is_the_share_of_tokens_where_the_clipped_value_
     assert (one["value/clip_frac"].dropna() == 0).all()
     frac = two["value/clip_frac"].dropna()
     assert len(frac) == tiny.steps and ((frac > 0) & (frac <= 0.5)).all()
+
+
+def test_run_many_starts_the_longest_runs_first_and_returns_them_in_order(tiny, monkeypatch):
+    from xxpo_lab import runs
+
+    submitted = []
+
+    def fake_parallel_map(fn, jobs, workers, progress, desc=""):
+        submitted.extend(job["cfg"] for job in jobs)
+        return [f"history of {job['cfg'].steps}x{job['cfg'].epochs}" for job in jobs]
+
+    monkeypatch.setattr(runs, "parallel_map", fake_parallel_map)
+    monkeypatch.setattr(runs, "load_run", lambda key: None)
+    monkeypatch.setattr(runs, "make_policy", lambda cfg, device: None)
+    cfgs = [replace(tiny, steps=4), replace(tiny, steps=40, epochs=1), replace(tiny, steps=8, epochs=8),
+            replace(tiny, steps=2, epochs=2)]
+    assert runs.run_many(cfgs) == ["history of 4x1", "history of 40x1", "history of 8x8", "history of 2x2"]
+    # work: 4·3.5 = 14, 40·3.5 = 140, 8·21 = 168, 2·6 = 12
+    assert [(c.steps, c.epochs) for c in submitted] == [(8, 8), (40, 1), (4, 1), (2, 2)]
