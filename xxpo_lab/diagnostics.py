@@ -36,6 +36,10 @@ GLOSSARY = {
                         "verl's pg_clipfrac, TRL's clip_ratio/region_mean. For losses without a clip (pg): the share PPO's clip would zero.",
     "clip/low_frac": "Share of tokens clipped on the low side: A<0 and r<1-eps_low (TRL's clip_ratio/low_mean).",
     "clip/high_frac": "Share of tokens clipped on the high side: A>0 and r>1+eps_high (TRL's clip_ratio/high_mean).",
+    "clip/high_prob": "Mean probability under the anchor π_prox (the sampler, on-policy) of the tokens clipped on the high "
+                      "side; absent when none was. DAPO's Fig. 3a: the upper clip blocks the unlikely tokens (r ≤ 1/π_prox).",
+    "prob/mean": "Mean probability under the anchor π_prox (the sampler, on-policy) of the sampled tokens: what "
+                 "clip/high_prob compares with.",
     "clip/out_of_band_frac": "Share of tokens with r outside [1-eps_low, 1+eps_high], whatever the sign of A (CleanRL's clipfrac); "
                              "an upper bound on clip/active_frac.",
     "clip/dual_frac": "Share of tokens whose loss dual clip capped at -c·A (A<0, r>c).",
@@ -78,7 +82,8 @@ GLOSSARY = {
     "mem/critic_optim_mb": "Bytes of the critic's optimizer state (MB).",
 }
 
-PER_UPDATE = ("clip/active_frac", "clip/low_frac", "clip/high_frac", "clip/out_of_band_frac", "kl/k3", "ratio/max")
+PER_UPDATE = ("clip/active_frac", "clip/low_frac", "clip/high_frac", "clip/high_prob", "clip/out_of_band_frac", "kl/k3",
+              "ratio/max")
 """Update metrics also logged per update index, as name@u0, name@u1, ..."""
 
 
@@ -110,10 +115,14 @@ def rollout_metrics(b: Batch, G: int) -> dict[str, float]:
 
 
 def update_metrics(info: LossInfo, logp: Tensor, b: Batch, entropy: Tensor) -> dict[str, float]:
-    """Entropy, the drift from the sampler and from the proximal policy, and every field the loss reported."""
+    """Entropy, the drift from the sampler and from the proximal policy, the anchor's probability of the sampled
+    tokens and of those the upper clip blocked, and every field the loss reported."""
     m, logp = b.mask, logp.detach()
+    p = (b.prox_logp if info.prox_logp is None else info.prox_logp).exp()
     out = {"entropy/mean": _mean(entropy.detach(), m), "kl/k1": _mean(b.behav_logp - logp, m),
-           "kl/k3": _k3(logp, b.behav_logp, m), "kl/prox_k3": _k3(logp, b.prox_logp, m)}
+           "kl/k3": _k3(logp, b.behav_logp, m), "kl/prox_k3": _k3(logp, b.prox_logp, m), "prob/mean": _mean(p, m)}
+    if info.clip_high is not None and (blocked := info.clip_high & (m > 0)).any():
+        out["clip/high_prob"] = p[blocked].mean().item()
     if b.ref_logp is not None:
         out["kl/ref_k3"] = _k3(b.ref_logp, logp, m)
     return out | loss_metrics(info, logp, m)

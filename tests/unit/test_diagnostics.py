@@ -48,6 +48,27 @@ def test_update_metrics_clip_fractions_and_drift():
     assert m["ratio/ess"] == pytest.approx(4.0**2 / (1.5**2 + 0.5**2 + 2) / 4)
 
 
+def test_the_anchor_probability_of_the_tokens_the_upper_clip_blocked():
+    """DAPO's Fig. 3a as a metric: the mean π_prox of the up-clipped tokens, against all sampled tokens."""
+    b = _batch([1.0, 0.0], [3, 2], T=3)
+    b.prox_logp = torch.tensor([[0.1, 0.9, 0.5], [0.3, 0.8, 0.7]]).log()  # (row 1, token 2) is padding
+    ratio = torch.ones(2, 3)
+    high = torch.tensor([[True, False, True], [False, False, True]])  # the padded token does not count
+    info = LossInfo(ratio=ratio, clip_low=torch.zeros(2, 3, dtype=torch.bool), clip_high=high)
+    m = update_metrics(info, torch.zeros(2, 3), b, entropy=torch.ones(2, 3))
+    assert m["clip/high_prob"] == pytest.approx((0.1 + 0.5) / 2)
+    assert m["prob/mean"] == pytest.approx((0.1 + 0.9 + 0.5 + 0.3 + 0.8) / 5)
+    none = update_metrics(LossInfo(ratio=ratio, clip_low=high & False, clip_high=high & False), torch.zeros(2, 3), b,
+                          entropy=torch.ones(2, 3))
+    assert "clip/high_prob" not in none and "clip/high_prob" not in update_metrics(LossInfo(ratio=ratio),
+                                                                                     torch.zeros(2, 3), b, torch.ones(2, 3))
+    a3po = LossInfo(ratio=ratio, clip_low=high & False, clip_high=high, prox_logp=torch.full((2, 3), 0.25).log())
+    assert update_metrics(a3po, torch.zeros(2, 3), b, torch.ones(2, 3))["clip/high_prob"] == pytest.approx(0.25)
+    per_update = reduce_updates([none, m])
+    assert "clip/high_prob@u0" not in per_update and per_update["clip/high_prob@u1"] == pytest.approx(0.3)
+    assert per_update["clip/high_prob"] == pytest.approx(0.3)  # the mean over the updates that blocked a token
+
+
 def test_grad_moments():
     grads = torch.tensor([[1.0, 0.0], [3.0, 0.0], [2.0, 3.0], [2.0, -3.0]])
     m = grad_moments(grads)
