@@ -229,7 +229,7 @@ def compare(configs: dict[str, Config], seeds=(0, 1, 2), workers: int | None = N
     varying = ["loss"] + [f for f in varying_fields(resolved) if f != "loss"]
     parts = [h.assign(run=label, seed=seed, key=h.attrs["key"], **{f: resolved[label][f] for f in varying})
              for (label, seed, _), h in zip(jobs, hists)]
-    out = pd.concat(parts, ignore_index=True)
+    out = pd.concat(parts, ignore_index=True).copy()  # consolidated: runs with fewer updates lack columns
     out.attrs = {"configs": resolved}
     return out
 

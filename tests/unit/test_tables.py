@@ -127,3 +127,18 @@ def test_check_fails_a_build_whose_run_no_longer_supports_a_claim(monkeypatch, c
     printed = capsys.readouterr().out
     assert max(len(line) for line in printed.splitlines()) <= 72
     assert " ".join(printed.split()) == f"fast mode, not checked: {long_claim.strip()}"
+
+
+def test_a_compare_table_takes_a_new_column_without_a_fragmentation_warning(tiny):
+    """Runs with different numbers of updates log different per-update columns; the joined table must still be
+    one consolidated frame, or a chapter adding a column prints pandas' PerformanceWarning onto the page."""
+    import warnings
+
+    table = compare({"K=1": tiny, "K=8": replace(tiny, epochs=2, minibatches=4),
+                     "K=32": replace(tiny, epochs=8, minibatches=4)}, seeds=[0, 1], progress=False)
+    # consolidated: one block per NumPy dtype and one per string column (62 blocks before the fix; pandas warns
+    # from 100 on, which the chapters' larger tables reached)
+    assert table._mgr.nblocks < 12
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.PerformanceWarning)
+        table["variant"] = table["loss"]
