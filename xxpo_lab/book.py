@@ -212,8 +212,9 @@ def token_rows(tokenizer, b: Batch, effects: TokenEffects, rows: list[int], labe
 
 def reuse_views(cfg: Config, seed: int = 0, updates: tuple[int, ...] = (0, -1), responses: int = 4) -> list[dict]:
     """The token view of one batch reused cfg.epochs times (`measure.reuse_one_batch`): `responses` responses
-    of the first prompt whose group holds right and wrong answers, at each update in `updates` (-1: the
-    last), labelled 'update u, R = r'. Cached like a run: a chapter's build does not redo the updates."""
+    of the first prompt whose group holds right and wrong answers, the right ones first and as many of each
+    as the group allows, at each update in `updates` (-1: the last), labelled 'update u, R = r'. Cached like
+    a run: a chapter's build does not redo the updates."""
     import pandas as pd
 
     from xxpo_lab.config import to_dict
@@ -225,7 +226,11 @@ def reuse_views(cfg: Config, seed: int = 0, updates: tuple[int, ...] = (0, -1), 
         G = state.cfg.G
         mixed = b.correct.view(-1, G).float().mean(-1)
         group = int(((mixed > 0) & (mixed < 1)).nonzero()[0])
-        rows = list(range(group * G, group * G + responses))
+        members = range(group * G, (group + 1) * G)
+        right = [i for i in members if b.correct[i]]
+        wrong = [i for i in members if not b.correct[i]]
+        n_right = min(len(right), max(responses // 2, responses - len(wrong)))
+        rows = right[:n_right] + wrong[: responses - n_right]
         views = []
         for u in (u % len(logps) for u in updates):
             labels = [f"update {u}, R = {r:.0f}" for r in b.reward[rows].tolist()]
@@ -233,5 +238,8 @@ def reuse_views(cfg: Config, seed: int = 0, updates: tuple[int, ...] = (0, -1), 
         return pd.DataFrame(views)
 
     payload = {"config": to_dict(cfg), "seed": seed, "updates": list(updates), "responses": responses}
-    table = cached_table("reuse-views", payload, compute, code=[reuse_one_batch, token_effects, token_rows])
-    return [{k: (v if isinstance(v, str) else list(v)) for k, v in row.items()} for row in table.to_dict("records")]
+    table = cached_table("reuse-views", payload, compute, code=[reuse_views, reuse_one_batch])
+    def plain(v):  # parquet gives numpy values back: plain Python ones become CSS colours and labels
+        return v if isinstance(v, str) else [x.item() if hasattr(x, "item") else x for x in v]
+
+    return [{k: plain(v) for k, v in row.items()} for row in table.to_dict("records")]
