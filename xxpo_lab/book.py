@@ -224,8 +224,12 @@ def reuse_views(cfg: Config, seed: int = 0, updates: tuple[int, ...] = (0, -1), 
     def compute() -> pd.DataFrame:
         state, b, logps = reuse_one_batch(cfg, seed)
         G = state.cfg.G
-        mixed = b.correct.view(-1, G).float().mean(-1)
-        group = int(((mixed > 0) & (mixed < 1)).nonzero()[0])
+        share = b.correct.view(-1, G).float().mean(-1)
+        mixed = ((share > 0) & (share < 1)).nonzero()
+        if len(mixed) == 0:
+            raise ValueError(f"reuse_views: no group of seed {seed}'s batch holds both right and wrong answers; "
+                             f"try another seed")
+        group = int(mixed[0])
         members = range(group * G, (group + 1) * G)
         right = [i for i in members if b.correct[i]]
         wrong = [i for i in members if not b.correct[i]]
@@ -239,6 +243,7 @@ def reuse_views(cfg: Config, seed: int = 0, updates: tuple[int, ...] = (0, -1), 
 
     payload = {"config": to_dict(cfg), "seed": seed, "updates": list(updates), "responses": responses}
     table = cached_table("reuse-views", payload, compute, code=[reuse_views, reuse_one_batch])
+
     def plain(v):  # parquet gives numpy values back: plain Python ones become CSS colours and labels
         return v if isinstance(v, str) else [x.item() if hasattr(x, "item") else x for x in v]
 

@@ -242,3 +242,14 @@ def test_reuse_views_shows_one_mixed_group_at_the_first_and_last_update_and_is_c
     assert "np.float64" not in book.token_view(views).fragment
     monkeypatch.setattr(measure, "sample_batch", lambda *a, **k: pytest.fail("recomputed a cached view"))
     assert book.reuse_views(cfg, seed=1, responses=2) == views
+    monkeypatch.undo()
+    sample = measure.sample_batch
+
+    def all_wrong(*args, **kwargs):
+        state, b = sample(*args, **kwargs)
+        b.correct = torch.zeros_like(b.correct)
+        return state, b
+
+    monkeypatch.setattr(measure, "sample_batch", all_wrong)
+    with pytest.raises(ValueError, match="no group of seed 2's batch holds both right and wrong answers"):
+        book.reuse_views(cfg, seed=2, responses=2)
