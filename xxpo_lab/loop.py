@@ -239,8 +239,12 @@ def prepare(state: State, b: Batch, times: dict, recompute_prox: bool | None = N
 
 
 def update(state: State, mb: Batch, step: int) -> dict:
-    """One gradient step of the policy (and of the critic, if any) on a minibatch; its metrics."""
+    """One gradient step of the policy (and of the critic, if any) on a minibatch; its metrics. A minibatch
+    with no valid token (overlong filtering masked every response in it) is skipped: no step, no metrics
+    (an AdamW step on a zero gradient would still move the weights by its momentum)."""
     cfg = state.cfg
+    if not mb.mask.any():
+        return {}
     # ALGO: the loss of the current policy on data sampled by an older one, then one AdamW step
     logp, entropy = token_logp(state.policy, mb.prompt_ids, mb.prompt_mask, mb.resp_ids, cfg.temperature,
                                with_entropy=True)

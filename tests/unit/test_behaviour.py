@@ -115,6 +115,23 @@ def test_truncated_responses_carry_no_loss_with_mask_truncated(tiny, monkeypatch
         assert (mask[trunc] == 0).all() and (mask[~trunc].sum(-1) > 0).all()
 
 
+
+def test_a_minibatch_with_every_response_filtered_is_skipped(tiny):
+    """Overlong filtering can mask a whole minibatch (one group per minibatch, all truncated): that update is
+    not taken (no AdamW momentum step on a zero gradient) and logs nothing, instead of failing on an empty
+    reduction; the step's other updates still run."""
+    cfg = resolve(replace(tiny, T_max=4, mask_truncated=True, steps=1))
+    state = loop.setup(cfg, CPU)
+    b, _ = loop.collect(state, state.policy, 0, state.rng, state.gen, {})
+    loop.prepare(state, b, {})
+    b.mask = torch.zeros_like(b.mask)
+    before = _weights(state.policy)
+    assert loop.update(state, b, 0) == {}
+    assert _same(before, _weights(state.policy))
+    b.mask[0, 0], b.adv[0, 0] = 1.0, 1.0  # one valid token with a push: the update runs and reports
+    assert "ratio/mean" in loop.update(state, b, 0)
+    assert not _same(before, _weights(state.policy))
+
 # each group's correctness, round by round: S = mixed (signal), 0 = all wrong, 1 = all right
 REFILL_ROUNDS = [["S", "0", "1", "S"], ["0", "S", "0", "0"], ["1", "0", "0", "0"], ["S", "S", "S", "S"]]
 
