@@ -25,6 +25,7 @@ class Batch:
     version: Tensor  # [B] long, policy version (completed steps) that sampled the row
     reward: Tensor | None = None  # [B] float (after shaping)
     correct: Tensor | None = None  # [B] bool
+    right_before_cut: Tensor | None = None  # [B] bool, truncated and right before the cut (scored 0 all the same)
     adv: Tensor | None = None  # [B, T] float, zero where mask is 0
     prox_logp: Tensor | None = None  # [B, T] the trust-region anchor
     ref_logp: Tensor | None = None  # [B, T] frozen reference, when beta > 0
@@ -73,7 +74,7 @@ def concat(parts: list[Batch], pad_id: int) -> Batch:
         mask=torch.cat([pad(p.mask, 0.0) for p in parts]),
         behav_logp=torch.cat([pad(p.behav_logp, 0.0) for p in parts]),
         **{name: torch.cat([getattr(p, name) for p in parts])
-           for name in ("lengths", "truncated", "version", "reward", "correct")},
+           for name in ("lengths", "truncated", "version", "reward", "correct", "right_before_cut")},
     )
 
 

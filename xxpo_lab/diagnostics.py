@@ -28,6 +28,8 @@ GLOSSARY = {
     "len/correct_mean": "Mean length of the correct responses of the step.",
     "len/incorrect_mean": "Mean length of the incorrect responses of the step.",
     "len/truncated_frac": "Share of responses without EOS within T_max (they score 0).",
+    "len/truncated_right_frac": "Share of the truncated responses whose answer, written before the cut, is right: "
+                                "plain truncation scores them 0 all the same (DAPO's reward noise).",
     "adv/zero_std_frac": "Share of groups whose rewards are all equal: their group advantages are 0 (TRL's frac_reward_zero_std).",
     "adv/abs_mean": "Mean |A| over valid tokens: how much push the step carries.",
     "groups/correct": "Share of the step's groups with exactly j correct responses, one column per j (groups/correct@j).",
@@ -109,6 +111,8 @@ def rollout_metrics(b: Batch, G: int) -> dict[str, float]:
         "len/correct_mean": ((lengths * correct).sum() / n_ok).item() if n_ok > 0 else float("nan"),
         "len/incorrect_mean": ((lengths * (1 - correct)).sum() / n_bad).item() if n_bad > 0 else float("nan"),
         "len/truncated_frac": b.truncated.float().mean().item(),
+        "len/truncated_right_frac": (b.right_before_cut[b.truncated].float().mean().item()
+                                     if b.right_before_cut is not None and b.truncated.any() else float("nan")),
         "adv/zero_std_frac": (groups.max(-1).values == groups.min(-1).values).float().mean().item(),
         "adv/abs_mean": _mean(b.adv.abs(), b.mask),
     }

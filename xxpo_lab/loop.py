@@ -190,13 +190,15 @@ def collect(state: State, behav, version: int, rng: random.Random, gen: torch.Ge
         width = int(lengths.max())  # drop columns that are padding in every row: the update need not see them
         resp, mask, behav_logp = resp[:, :width], mask[:, :width], behav_logp[:, :width]
         t1 = time.perf_counter()
-        correct = score(task, tok, group_problems, resp, lengths, truncated).to(state.device)
+        right = score(task, tok, group_problems, resp, lengths, truncated, before_cut=True).to(state.device)
+        correct = right & ~truncated  # exactly score(): a truncated response scores 0
         times["time/sample"] += t1 - t0
         times["time/score"] += time.perf_counter() - t1
         state.samples += len(group_problems)
         n_groups += cfg.P
         part = Batch(prompt_ids, prompt_mask, resp, mask, behav_logp, lengths, truncated,
-                     torch.full_like(lengths, version), reward=shaped_reward(correct, lengths, cfg), correct=correct)
+                     torch.full_like(lengths, version), reward=shaped_reward(correct, lengths, cfg), correct=correct,
+                     right_before_cut=right & truncated)
         for g in range(cfg.P):
             rows = torch.arange(g * cfg.G, (g + 1) * cfg.G, device=state.device)
             has_signal = bool(correct[rows].any() and not correct[rows].all())  # on accuracy, never on shaping

@@ -134,7 +134,9 @@ def decode(tokenizer, resp_ids: Tensor, lengths: Tensor, truncated: Tensor) -> l
 
 
 def score(task: Task, tokenizer, problems: list[Problem], resp_ids: Tensor, lengths: Tensor,
-          truncated: Tensor) -> Tensor:
-    """Verify each response against its problem. Returns correct [B] bool (on the CPU)."""
+          truncated: Tensor, before_cut: bool = False) -> Tensor:
+    """Verify each response against its problem. Returns correct [B] bool (on the CPU). `before_cut`: judge
+    a truncated response by the answer it wrote before the cut, as a longer T_max might have (ch. 4)."""
     texts = decode(tokenizer, resp_ids.cpu(), lengths.cpu(), truncated.cpu())
-    return torch.tensor([task.verify(p, s, bool(tr)) for p, s, tr in zip(problems, texts, truncated.tolist())])
+    return torch.tensor([task.verify(p, s, bool(tr) and not before_cut)
+                         for p, s, tr in zip(problems, texts, truncated.tolist())])

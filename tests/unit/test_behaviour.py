@@ -150,7 +150,7 @@ def test_dynamic_sampling_refills_with_groups_that_have_signal(tiny, monkeypatch
         time.sleep(0.01)
         return real_sample(*a, **k)
 
-    def scripted_score(*a):
+    def scripted_score(*a, **kw):
         time.sleep(0.01)
         return torch.tensor([c for g in next(calls) for c in pattern[g]])
 
@@ -170,7 +170,7 @@ def test_dynamic_sampling_refills_with_groups_that_have_signal(tiny, monkeypatch
 
 def test_without_dynamic_sampling_every_sampled_group_is_trained_on(tiny, monkeypatch):
     state = loop.setup(resolve(tiny), CPU)
-    monkeypatch.setattr(loop, "score", lambda *a: torch.tensor([False] * (tiny.P * tiny.G)))
+    monkeypatch.setattr(loop, "score", lambda *a, **kw: torch.tensor([False] * (tiny.P * tiny.G)))
     b, kept_frac = loop.collect(state, state.policy, 0, state.rng, state.gen, {})
     assert kept_frac == 1.0 and b.B == tiny.P * tiny.G and state.samples == tiny.P * tiny.G
 

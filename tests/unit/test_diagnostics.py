@@ -28,6 +28,17 @@ def test_rollout_metrics_split_length_by_correctness():
     assert m["len/correct_mean"] == 2 and m["len/incorrect_mean"] == pytest.approx((3 + 4 + 1) / 3)
     assert m["len/truncated_frac"] == 0.25  # the length-4 response hit T = 4
     assert m["adv/zero_std_frac"] == 0.5
+    assert m["len/truncated_right_frac"] != m["len/truncated_right_frac"]  # no field set: NaN, never a made-up 0
+
+
+def test_truncated_right_frac_is_over_the_truncated_responses_only():
+    b = _batch([0.0, 0.0, 0.0, 1.0], [4, 4, 4, 2])  # three truncated (length T = 4), all scored 0
+    b.right_before_cut = torch.tensor([True, False, False, False])
+    assert rollout_metrics(b, G=2)["len/truncated_right_frac"] == pytest.approx(1 / 3)
+    b.lengths = torch.tensor([1, 2, 3, 2])
+    b.truncated = torch.zeros(4, dtype=torch.bool)
+    m = rollout_metrics(b, G=2)
+    assert m["len/truncated_right_frac"] != m["len/truncated_right_frac"]  # nothing truncated: NaN
 
 
 def test_update_metrics_clip_fractions_and_drift():

@@ -81,3 +81,17 @@ def test_lean_gpt2_decoder_samples_what_transformers_samples(setup, temperature)
                 tok.pad_token_id, lean=False)
     assert torch.equal(lean[0], hf[0]) and torch.equal(lean[1], hf[1])
     assert (lean[2] - hf[2]).abs().max() < 1e-5
+
+
+def test_score_before_the_cut_reads_the_answer_a_truncation_cut_off():
+    """A truncated response scores 0; read before the cut, its answer may be right (DAPO's reward noise)."""
+    from xxpo_lab.rollout import score
+    from xxpo_lab.tasks import char_tokenizer, make_task
+
+    task, tok = make_task("reverse", 3), char_tokenizer()
+    problem = task.sample(1, random.Random(0))[0]
+    texts = [problem.solution + "...", "x" + problem.solution[1:] + "..."]  # right then cut; wrong then cut
+    ids = torch.tensor([tok.encode(t) for t in texts])
+    lengths, truncated = torch.tensor([ids.shape[1]] * 2), torch.tensor([True, True])
+    assert score(task, tok, [problem] * 2, ids, lengths, truncated).tolist() == [False, False]
+    assert score(task, tok, [problem] * 2, ids, lengths, truncated, before_cut=True).tolist() == [True, False]
