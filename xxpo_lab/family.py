@@ -75,7 +75,7 @@ FAMILY = [
 ]
 
 
-BOOK = ('00_family', '01_reinforce_to_ppo', '02_ppo_to_grpo', '03_grpo_to_dr_grpo')
+BOOK = ('00_family', '01_reinforce_to_ppo', '02_ppo_to_grpo', '03_grpo_to_dr_grpo', '04_grpo_to_dapo')
 """The book's chapters in order, as `_toc.yml` lists them (`make sync` writes this line; a test checks it)."""
 
 
