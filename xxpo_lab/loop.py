@@ -199,10 +199,10 @@ def collect(state: State, behav, version: int, rng: random.Random, gen: torch.Ge
         part = Batch(prompt_ids, prompt_mask, resp, mask, behav_logp, lengths, truncated,
                      torch.full_like(lengths, version), reward=shaped_reward(correct, lengths, cfg), correct=correct,
                      right_before_cut=right & truncated)
+        signal = has_signal(correct, cfg.G)
         for g in range(cfg.P):
             rows = torch.arange(g * cfg.G, (g + 1) * cfg.G, device=state.device)
-            has_signal = bool(correct[rows].any() and not correct[rows].all())  # on accuracy, never on shaping
-            (kept if has_signal or not cfg.dynamic_sampling else dropped).append(part.rows(rows))
+            (kept if signal[g] or not cfg.dynamic_sampling else dropped).append(part.rows(rows))
         if len(kept) >= cfg.P:
             break
     b = concat((kept + dropped)[:cfg.P], tok.pad_token_id)
@@ -212,13 +212,23 @@ def collect(state: State, behav, version: int, rng: random.Random, gen: torch.Ge
 
 
 def shaped_reward(correct: torch.Tensor, lengths: torch.Tensor, cfg: Config) -> torch.Tensor:
-    """1/0 correctness plus reward_offset, minus DAPO's soft overlong punishment in the last overlong_buffer
-    tokens (arXiv 2503.14476 eq. 13: a linear ramp to -overlong_penalty at T_max). [B] -> [B]."""
+    """1/0 correctness plus reward_offset, minus DAPO's soft overlong punishment in the
+    last overlong_buffer tokens (arXiv 2503.14476 eq. 13: a linear ramp to
+    -overlong_penalty at T_max). [B] -> [B]. Book: ch. 4."""
     reward = correct.float() + cfg.reward_offset
     if cfg.overlong_buffer:
-        start = cfg.T_max - cfg.overlong_buffer
-        reward = reward - cfg.overlong_penalty * ((lengths - start).clamp(min=0) / cfg.overlong_buffer)
+        over = (lengths - (cfg.T_max - cfg.overlong_buffer)).clamp(min=0)  # tokens into it
+        reward = reward - cfg.overlong_penalty * over / cfg.overlong_buffer
     return reward
+
+
+def has_signal(correct: torch.Tensor, G: int) -> torch.Tensor:
+    """DAPO's dynamic-sampling test: the groups with both right and wrong answers. It reads
+    correctness, never the shaped reward: under overlong shaping an all-wrong group has
+    unequal rewards, and a test on rewards would keep it (NeMo-RL#2431). [B] -> [P] bool.
+    Book: ch. 4."""
+    right = correct.view(-1, G)  # [P, G]
+    return right.any(-1) & ~right.all(-1)
 
 
 @torch.no_grad()

@@ -300,3 +300,13 @@ def test_a_non_finite_gradient_names_the_gradient(tiny, monkeypatch):
     monkeypatch.setitem(LOSSES, "grpo", replace(spec, fn=nan_gradient))
     with pytest.raises(loop.NonFiniteError, match=r"^step 0: grad/norm is nan"):
         train(tiny, progress=False, cache=False)
+
+
+def test_has_signal_reads_correctness_not_the_shaped_reward():
+    """Groups of 2: (right, wrong) has signal; (right, right) and (wrong, wrong) do not, even when overlong
+    shaping gave the two wrong answers different rewards (the NeMo-RL#2431 trap)."""
+    correct = torch.tensor([True, False, True, True, False, False])
+    assert loop.has_signal(correct, G=2).tolist() == [True, False, False]
+    cfg = resolve(Config(T_max=8, overlong_buffer=4))
+    reward = loop.shaped_reward(correct, torch.tensor([2, 2, 2, 2, 3, 8]), cfg)
+    assert reward[4] != reward[5]  # the all-wrong group's rewards differ: a test on rewards would keep it
