@@ -87,7 +87,8 @@ class Config:
     eps_low: float | None = None
     """Lower clip range: the ratio is clipped below at 1 - eps_low (CISPO: its IS-weight bound; GMPO: a log-space range). None: the loss's default."""
     eps_high: float | None = None
-    """Upper clip range: 1 + eps_high (DAPO's clip-higher sets it above eps_low). None: the loss's default."""
+    """Upper clip range: 1 + eps_high (DAPO's clip-higher sets it above eps_low; below eps_low is allowed too, a
+    tighter upper side). Must be > 0. None: the loss's default."""
     dual_clip_c: float = 0.0
     """Dual-clip constant c > 1 caps the loss of negative-advantage tokens at -c*A (0 turns it off)."""
     tau_pos: float | None = None
@@ -122,7 +123,8 @@ class Config:
     """Decoupled PPO / A-3PO: tokens whose behaviour weight prox/behav exceeds this are masked (AReaL). None: no cap."""
     # ---------------------------------------------------------------- DAPO's data tricks
     dynamic_sampling: bool = False
-    """Drop groups whose rewards are all equal and sample more prompts until the batch is full (DAPO)."""
+    """Drop groups whose answers are all right or all wrong (read from correctness, never from the shaped reward) and
+    sample more prompts until the batch is full (DAPO)."""
     max_refill: int = 8
     """Dynamic sampling gives up after this many extra sampling rounds and trains on what it has."""
     overlong_buffer: int = 0
@@ -313,7 +315,7 @@ def _validate(cfg: Config) -> None:
     if adv == "sppo" and cfg.reward_offset != 0:
         _fail("reward_offset", cfg.reward_offset, "must be 0 with adv='sppo' (its critic predicts a success probability)")
     if cfg.dynamic_sampling and cfg.G < 2:
-        _fail("dynamic_sampling", True, "needs G >= 2 (it drops groups whose rewards are all equal)")
+        _fail("dynamic_sampling", True, "needs G >= 2 (it drops groups whose answers are all right or all wrong)")
     from xxpo_lab.tasks import DEFAULT_DIFFICULTY
 
     difficulty = cfg.difficulty if cfg.difficulty is not None else DEFAULT_DIFFICULTY[cfg.task]

@@ -172,8 +172,8 @@ def collect(state: State, behav, version: int, rng: random.Random, gen: torch.Ge
             times: dict) -> tuple[Batch, float]:
     """Sample P groups of G responses with `behav` (recording behav_logp) and score them.
 
-    With dynamic sampling, groups whose rewards are all equal are dropped and more prompts are sampled (at
-    most max_refill extra rounds; if the batch is still short, dropped groups fill it). Adds the sampling and
+    With dynamic sampling, groups without both right and wrong answers are dropped (`has_signal`) and more
+    prompts are sampled (at most max_refill extra rounds; if the batch is still short, dropped groups fill it). Adds the sampling and
     scoring seconds to `times`. Returns (batch, share of sampled groups kept).
     """
     cfg, task, tok = state.cfg, state.task, state.tokenizer
@@ -211,22 +211,24 @@ def collect(state: State, behav, version: int, rng: random.Random, gen: torch.Ge
     return b, len(kept) / n_groups
 
 
-def shaped_reward(correct: torch.Tensor, lengths: torch.Tensor, cfg: Config) -> torch.Tensor:
-    """1/0 correctness plus reward_offset, minus DAPO's soft overlong punishment in the
-    last overlong_buffer tokens (arXiv 2503.14476 eq. 13: a linear ramp to
-    -overlong_penalty at T_max). [B] -> [B]. Book: ch. 4."""
+def shaped_reward(correct: torch.Tensor, lengths: torch.Tensor,
+                  cfg: Config) -> torch.Tensor:
+    """1/0 correctness plus reward_offset, minus DAPO's soft overlong punishment
+    in the last overlong_buffer tokens (arXiv 2503.14476 eq. 13: a linear ramp
+    to -overlong_penalty at T_max). [B] -> [B]. Book: ch. 4."""
     reward = correct.float() + cfg.reward_offset
     if cfg.overlong_buffer:
-        over = (lengths - (cfg.T_max - cfg.overlong_buffer)).clamp(min=0)  # tokens into it
+        start = cfg.T_max - cfg.overlong_buffer  # the buffer's first position
+        over = (lengths - start).clamp(min=0)  # tokens into the buffer
         reward = reward - cfg.overlong_penalty * over / cfg.overlong_buffer
     return reward
 
 
 def has_signal(correct: torch.Tensor, G: int) -> torch.Tensor:
-    """DAPO's dynamic-sampling test: the groups with both right and wrong answers. It reads
-    correctness, never the shaped reward: under overlong shaping an all-wrong group has
-    unequal rewards, and a test on rewards would keep it (NeMo-RL#2431). [B] -> [P] bool.
-    Book: ch. 4."""
+    """DAPO's dynamic-sampling test: the groups with both right and wrong answers.
+    It reads correctness, never the shaped reward: under overlong shaping an
+    all-wrong group has unequal rewards, and a test on rewards would keep it
+    (NeMo-RL#2431). [B] -> [P] bool. Book: ch. 4."""
     right = correct.view(-1, G)  # [P, G]
     return right.any(-1) & ~right.all(-1)
 
