@@ -35,7 +35,7 @@ from xxpo_lab.tasks import TASKS
     ({"behav_weight_cap": 0.5}, r"Config.behav_weight_cap = 0.5"),
     ({"warm_start_acc": 1.5}, r"Config.warm_start_acc = 1.5 .* \(0, 1\]"),
     ({"G": 1, "adv": "none", "dynamic_sampling": True},
-     r"^Config.dynamic_sampling = True is not allowed: needs G >= 2 \(it drops groups whose rewards are all equal\)$"),
+     r"^Config.dynamic_sampling = True is not allowed: needs G >= 2 \(it drops groups whose answers are all right or all wrong\)$"),
     ({"steps": 0}, r"Config.steps = 0 .* >= 1"),
     ({"grad_stats_batches": 2}, r"Config.grad_stats_batches = 2 .* >= 3"),
     ({"task": "addition", "difficulty": 9}, r"Config.difficulty = 9 .* 'addition'.* \[1, 6\]"),
