@@ -213,8 +213,8 @@ def token_rows(tokenizer, b: Batch, effects: TokenEffects, rows: list[int], labe
 def reuse_views(cfg: Config, seed: int = 0, updates: tuple[int, ...] = (0, -1), responses: int = 4) -> list[dict]:
     """The token view of one batch reused cfg.epochs times (`measure.reuse_one_batch`): `responses` responses
     of the first prompt whose group holds right and wrong answers, the right ones first and as many of each
-    as the group allows, at each update in `updates` (-1: the last), labelled 'update u, R = r'. Cached like
-    a run: a chapter's build does not redo the updates."""
+    as the group allows, at each update in `updates` (-1: the last), labelled 'update u, R = r' and carrying
+    'update' and 'reward' for selecting rows. Cached like a run: a chapter's build does not redo the updates."""
     import pandas as pd
 
     from xxpo_lab.config import to_dict
@@ -236,15 +236,19 @@ def reuse_views(cfg: Config, seed: int = 0, updates: tuple[int, ...] = (0, -1), 
         n_right = min(len(right), max(responses // 2, responses - len(wrong)))
         rows = right[:n_right] + wrong[: responses - n_right]
         views = []
+        rewards = b.reward[rows].tolist()
         for u in (u % len(logps) for u in updates):
-            labels = [f"update {u}, R = {r:.0f}" for r in b.reward[rows].tolist()]
-            views += token_rows(state.tokenizer, b, token_effects(cfg.loss, logps[u], b, state.cfg), rows, labels)
+            labels = [f"update {u}, R = {r:.0f}" for r in rewards]
+            shown = token_rows(state.tokenizer, b, token_effects(cfg.loss, logps[u], b, state.cfg), rows, labels)
+            views += [row | {"update": u, "reward": r} for row, r in zip(shown, rewards)]
         return pd.DataFrame(views)
 
     payload = {"config": to_dict(cfg), "seed": seed, "updates": list(updates), "responses": responses}
     table = cached_table("reuse-views", payload, compute, code=[reuse_views, reuse_one_batch])
 
     def plain(v):  # parquet gives numpy values back: plain Python ones become CSS colours and labels
-        return v if isinstance(v, str) else [x.item() if hasattr(x, "item") else x for x in v]
+        if isinstance(v, str) or not hasattr(v, "__len__"):  # a label, or a number ('update', 'reward')
+            return v.item() if hasattr(v, "item") else v
+        return [x.item() if hasattr(x, "item") else x for x in v]
 
     return [{k: plain(v) for k, v in row.items()} for row in table.to_dict("records")]

@@ -173,8 +173,8 @@ def collect(state: State, behav, version: int, rng: random.Random, gen: torch.Ge
     """Sample P groups of G responses with `behav` (recording behav_logp) and score them.
 
     With dynamic sampling, groups without both right and wrong answers are dropped (`has_signal`) and more
-    prompts are sampled (at most max_refill extra rounds; if the batch is still short, dropped groups fill it). Adds the sampling and
-    scoring seconds to `times`. Returns (batch, share of sampled groups kept).
+    prompts are sampled (at most max_refill extra rounds; if the batch is still short, dropped groups fill it).
+    Adds the sampling and scoring seconds to `times`. Returns (batch, share of sampled groups kept).
     """
     cfg, task, tok = state.cfg, state.task, state.tokenizer
     times.setdefault("time/sample", 0.0)

@@ -238,6 +238,7 @@ def test_reuse_views_shows_one_mixed_group_at_the_first_and_last_update_and_is_c
     assert all(len(v["tokens"]) == len(v["weight"]) == len(v["status"]) for v in views)
     assert "clipped" not in views[0]["status"] + views[1]["status"]  # update 0: the policy is the sampler
     assert sorted(v["label"].split("R = ")[1] for v in views[:2]) == ["0", "1"]  # one right, one wrong
+    assert [(v["update"], v["reward"]) for v in views] == [(0, 1.0), (0, 0.0), (2, 1.0), (2, 0.0)]
     assert all(type(w) is float for v in views for w in v["weight"])  # plain floats: they become CSS colours
     assert "np.float64" not in book.token_view(views).fragment
     monkeypatch.setattr(measure, "sample_batch", lambda *a, **k: pytest.fail("recomputed a cached view"))
