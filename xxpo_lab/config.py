@@ -36,6 +36,13 @@ class Config:
     """Width of the residual stream."""
     model_name: str | None = None
     """Load this pretrained causal LM (hub name or local path) with its own tokenizer instead of building a GPT-2 from the fields above."""
+    model_type: str = "gpt2"
+    """Architecture built from the fields above: 'gpt2' (dense) or 'mixtral' (a mixture of experts: every block's MLP is
+    n_experts experts, each token routed to top_k_experts of them; ch. 5)."""
+    n_experts: int = 8
+    """Experts per block of a 'mixtral' policy."""
+    top_k_experts: int = 2
+    """Experts each token is routed to in a 'mixtral' policy (the router's top-k)."""
     # ---------------------------------------------------------------- warm start
     warm_start_acc: float = 0.4
     """Supervised warm start stops at the first check where sampled accuracy reaches this value (RL then has signal)."""
@@ -121,6 +128,15 @@ class Config:
     """Rollouts of step k come from the policy as it was at the start of step k - staleness (0: synchronous)."""
     behav_weight_cap: float | None = None
     """Decoupled PPO / A-3PO: tokens whose behaviour weight prox/behav exceeds this are masked (AReaL). None: no cap."""
+    routing_replay: bool = False
+    """Mixture-of-experts policies: the learner's forward reuses the experts the sampler chose for each token (GSPO
+    paper's Routing Replay); the router still weights them and still learns (ch. 5)."""
+    behav_noise: float = 0.0
+    """Std of Gaussian noise added to the sampler's recorded log-probs behav_logp, a stand-in for a sampler that
+    disagrees with the trainer (0: exact; ch. 5)."""
+    behav_noise_corr: float = 0.0
+    """Correlation of that noise between neighbouring tokens of a response, in [0, 1): 0 is i.i.d. per token; near 1 an
+    offset that persists along the response (AR(1) with the same std at every token)."""
     # ---------------------------------------------------------------- DAPO's data tricks
     dynamic_sampling: bool = False
     """Drop groups whose answers are all right or all wrong (read from correctness, never from the shaped reward) and
@@ -246,6 +262,7 @@ def _kinds(name: str) -> tuple[type, ...]:
 def _validate(cfg: Config) -> None:
     from xxpo_lab.advantages import ADVANTAGES
     from xxpo_lab.losses import LOSSES
+    from xxpo_lab.policy import MODEL_TYPES
     from xxpo_lab.tasks import TASKS, make_task
 
     _check_types(cfg)
@@ -255,11 +272,16 @@ def _validate(cfg: Config) -> None:
         _one_of("adv", cfg.adv, ADVANTAGES)
     _one_of("kl_estimator", cfg.kl_estimator, KL_ESTIMATOR_NAMES)
     _one_of("kl_in", cfg.kl_in, KL_PLACES)
+    if cfg.model_type not in MODEL_TYPES:
+        _fail("model_type", cfg.model_type, "must be one of " + ", ".join(MODEL_TYPES) + " (the architectures the lab "
+              "builds from a config and samples with a KV cache)")
+    if cfg.routing_replay and cfg.model_type != "mixtral":
+        _fail("routing_replay", True, f"needs a mixture-of-experts policy (model_type='mixtral'), not {cfg.model_type!r}")
     if cfg.model_name is not None and not cfg.model_name.strip():
         _fail("model_name", cfg.model_name, "must name a model (a hub name or a local path), or be None to build a GPT-2")
     if cfg.difficulty is not None and cfg.difficulty < 1:
         _fail("difficulty", cfg.difficulty, "must be an integer >= 1 (or None for the task's default)")
-    positive_ints = ("n_layer", "n_head", "n_embd", "warm_start_max_steps", "P", "G", "T_max",
+    positive_ints = ("n_layer", "n_head", "n_embd", "n_experts", "warm_start_max_steps", "P", "G", "T_max",
                      "steps", "epochs", "minibatches", "eval_every", "eval_prompts", "grad_stats_batches", "max_refill")
     for name in positive_ints:
         if getattr(cfg, name) < 1:
@@ -273,10 +295,14 @@ def _validate(cfg: Config) -> None:
         if value is not None and not value > 0:
             _fail(name, value, "must be > 0 (or None for the loss's default)")
     nonneg = ("warm_start_min_steps", "warmup_steps", "staleness", "demo_filler", "demo_wrong_filler", "overlong_buffer", "grad_stats_every", "beta",
-              "weight_decay", "overlong_penalty", "seed", "init_seed")
+              "weight_decay", "overlong_penalty", "seed", "init_seed", "behav_noise")
     for name in nonneg:
         if getattr(cfg, name) < 0:
             _fail(name, getattr(cfg, name), "must be >= 0")
+    if not 1 <= cfg.top_k_experts <= cfg.n_experts:
+        _fail("top_k_experts", cfg.top_k_experts, f"must be in [1, n_experts = {cfg.n_experts}]")
+    if not 0 <= cfg.behav_noise_corr < 1:
+        _fail("behav_noise_corr", cfg.behav_noise_corr, "must be in [0, 1)")
     if cfg.warm_start_min_steps > cfg.warm_start_max_steps:
         _fail("warm_start_min_steps", cfg.warm_start_min_steps, f"must be <= warm_start_max_steps = {cfg.warm_start_max_steps}")
     if cfg.n_embd % cfg.n_head:

@@ -51,6 +51,10 @@ GLOSSARY = {
     "ratio/min": "Smallest ratio of the step.",
     "ratio/max": "Largest ratio of the step.",
     "ratio/ess": "Effective sample size of the ratios as importance weights, (Σw)²/Σw², divided by the number of tokens (1 is on-policy).",
+    "ratio/logr_seq_std": "Spread of log π_θ/π_prox within a response: its standard deviation over the response's tokens, "
+                          "averaged over responses with 2+ tokens. GSPO's sequence ratio averages it away (ch. 5).",
+    "moe/route_drift": "Mixture-of-experts policies: share of (response token, layer) pairs whose chosen experts differ "
+                       "from those chosen when the batch was sampled. At update index 1 (@u1): after one gradient step.",
     "kl/k1": "Drift of the current policy from the sampler, mean of log π_behav - log π_θ over the sampled tokens (can be < 0).",
     "kl/k3": "Drift from the sampler, mean of r - 1 - log r with r = π_θ/π_behav (≥ 0, low variance).",
     "kl/prox_k3": "The same k3 drift against the proximal policy π_prox (differs from kl/k3 only with stale data).",
@@ -85,7 +89,7 @@ GLOSSARY = {
 }
 
 PER_UPDATE = ("clip/active_frac", "clip/low_frac", "clip/high_frac", "clip/high_prob", "clip/out_of_band_frac", "kl/k3",
-              "ratio/max")
+              "ratio/max", "ratio/logr_seq_std", "moe/route_drift")
 """Update metrics also logged per update index, as name@u0, name@u1, ..."""
 
 
@@ -124,12 +128,22 @@ def update_metrics(info: LossInfo, logp: Tensor, b: Batch, entropy: Tensor) -> d
     m, logp = b.mask, logp.detach()
     p = (b.prox_logp if info.prox_logp is None else info.prox_logp).exp()
     out = {"entropy/mean": _mean(entropy.detach(), m), "kl/k1": _mean(b.behav_logp - logp, m),
-           "kl/k3": _k3(logp, b.behav_logp, m), "kl/prox_k3": _k3(logp, b.prox_logp, m), "prob/mean": _mean(p, m)}
+           "kl/k3": _k3(logp, b.behav_logp, m), "kl/prox_k3": _k3(logp, b.prox_logp, m), "prob/mean": _mean(p, m),
+           "ratio/logr_seq_std": seq_std(logp - b.prox_logp, m)}
     if info.clip_high is not None and (blocked := info.clip_high & (m > 0)).any():
         out["clip/high_prob"] = p[blocked].mean().item()
     if b.ref_logp is not None:
         out["kl/ref_k3"] = _k3(b.ref_logp, logp, m)
     return out | loss_metrics(info, logp, m)
+
+
+def seq_std(x: Tensor, mask: Tensor) -> float:
+    """Mean over rows with 2+ valid entries of the (population) std of x over the row's valid entries. [B, T] -> float."""
+    n = mask.sum(-1)  # [B]
+    mean = (x * mask).sum(-1) / n.clamp(min=1.0)
+    std = ((((x - mean[:, None]) * mask) ** 2).sum(-1) / n.clamp(min=1.0)).sqrt()
+    rows = n >= 2
+    return std[rows].mean().item() if rows.any() else float("nan")
 
 
 def loss_metrics(info: LossInfo, logp: Tensor, mask: Tensor) -> dict[str, float]:

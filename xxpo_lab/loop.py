@@ -28,8 +28,9 @@ from xxpo_lab.batch import Batch, concat, group_rows
 from xxpo_lab.config import Config
 from xxpo_lab.critic import make_critic, prompt_value_loss, value_loss
 from xxpo_lab.losses import LossInfo, get_loss
+from xxpo_lab.moe import moe_blocks, route_drift, routing
 from xxpo_lab.policy import accuracy, encode_prompts, make_policy, token_logp
-from xxpo_lab.rollout import sample, score
+from xxpo_lab.rollout import logp_noise, sample, score
 from xxpo_lab.tasks import make_task
 
 
@@ -134,6 +135,7 @@ def training_step(state: State, step: int) -> dict:
     version, behav = behaviour_policy(state, step)
     b, kept_frac = collect(state, behav, version, state.rng, state.gen, times)
     b.version_gap = step + 1 - b.version  # versions count training steps; +1: the one being produced
+    b.routes = sampled_routes(behav, b)  # MoE policies: the experts each token was sent to (None if dense)
 
     # ALGO 2. reference log-probs, critic values, advantages, the proximal anchor
     prepare(state, b, times)
@@ -189,6 +191,8 @@ def collect(state: State, behav, version: int, rng: random.Random, gen: torch.Ge
                                                             cfg.temperature, gen, tok.eos_token_id, tok.pad_token_id)
         width = int(lengths.max())  # drop columns that are padding in every row: the update need not see them
         resp, mask, behav_logp = resp[:, :width], mask[:, :width], behav_logp[:, :width]
+        if cfg.behav_noise:  # a sampler that disagrees with the trainer (ch. 5)
+            behav_logp = behav_logp + logp_noise(mask, cfg.behav_noise, cfg.behav_noise_corr, gen)
         t1 = time.perf_counter()
         right = score(task, tok, group_problems, resp, lengths, truncated, before_cut=True).to(state.device)
         correct = right & ~truncated  # exactly score(): a truncated response scores 0
@@ -209,6 +213,18 @@ def collect(state: State, behav, version: int, rng: random.Random, gen: torch.Ge
     if cfg.mask_truncated:  # DAPO's overlong filtering: truncated responses carry no loss
         b.mask = b.mask * (~b.truncated)[:, None]
     return b, len(kept) / n_groups
+
+
+@torch.no_grad()
+def sampled_routes(behav, b: Batch) -> torch.Tensor | None:
+    """The experts the sampling policy chose for every position of the batch, [B, n_layer, L+T, k], from one
+    forward of the learner's code (the GSPO paper's Routing Replay records them the same way); None for a
+    dense policy."""
+    if not moe_blocks(behav):
+        return None
+    with routing(behav) as chosen:
+        token_logp(behav, b.prompt_ids, b.prompt_mask, b.resp_ids, temperature=1.0)  # routes ignore temperature
+    return chosen[0]
 
 
 def shaped_reward(correct: torch.Tensor, lengths: torch.Tensor,
@@ -260,8 +276,9 @@ def update(state: State, mb: Batch, step: int) -> dict:
     if not mb.mask.any():
         return {}
     # ALGO: the loss of the current policy on data sampled by an older one, then one AdamW step
-    logp, entropy = token_logp(state.policy, mb.prompt_ids, mb.prompt_mask, mb.resp_ids, cfg.temperature,
-                               with_entropy=True)
+    with routing(state.policy, mb.routes if cfg.routing_replay else None) as chosen:  # MoE: Routing Replay
+        logp, entropy = token_logp(state.policy, mb.prompt_ids, mb.prompt_mask, mb.resp_ids, cfg.temperature,
+                                   with_entropy=True)
     loss, info = loss_of(cfg.loss, logp, mb, cfg)
     state.opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -272,6 +289,8 @@ def update(state: State, mb: Batch, step: int) -> dict:
                                  f"if any, is intact). Lower lr or check the loss settings.")
     state.opt.step()
     metrics = dg.update_metrics(info, logp, mb, entropy) | {"loss/policy": loss.item(), "grad/norm": grad_norm.item()}
+    if chosen:  # the experts the router would pick now against those it picked at sampling
+        metrics["moe/route_drift"] = route_drift(chosen[0], mb.routes, mb.mask).item()
     if state.critic is not None:
         metrics |= critic_update(state, mb)
     return metrics

@@ -221,6 +221,25 @@ def gspo_token(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     return aggregate(loss_bt, b.mask, "seq-mean-token-mean"), info
 
 
+def luspo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
+    """LUSPO (arXiv 2602.05261): GSPO with each sequence's loss multiplied by its length.
+
+    J = (1/G) Σ_i |y_i|·min(s_i·A_i, clip(s_i)·A_i). GSPO's per-sequence mean puts back the 1/|y_i| token
+    weight Dr. GRPO removed (ch. 3); the factor |y_i| undoes it. The paper's eps is 2e-3/2.5e-3. As TRL
+    `loss_type="luspo"` with `importance_sampling_level="sequence"`. Book: ch. 5.
+    """
+    _check(logp, b)
+    s = torch.exp(seq_log_ratio(logp, b.prox_logp, b.mask)).expand_as(
+        logp
+    )  # [B, T], constant along T
+    loss_bt, clip_low, clip_high, _ = clip_surrogate(
+        s, b.adv, cfg.eps_low, cfg.eps_high
+    )
+    info = _clip_info(s, clip_low, clip_high, cfg)
+    loss_bt = loss_bt + _kl(logp, b, cfg)
+    return aggregate(loss_bt, b.mask, "seq-mean-token-sum"), info
+
+
 def gmpo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     """GMPO (arXiv 2507.20673): a geometric instead of an arithmetic mean of the token terms.
 
@@ -431,6 +450,12 @@ LOSSES = {
         gspo_token,
         "GSPO-token: sequence ratio with per-token gradients",
         {"adv": "grpo", "eps_low": 3e-4, "eps_high": 4e-4},
+    ),
+    "luspo": Loss(
+        luspo,
+        "LUSPO: GSPO with each sequence's loss times its length (eps 2e-3/2.5e-3)",
+        {"adv": "grpo", "eps_low": 2e-3, "eps_high": 2.5e-3},
+        seq_adv=True,
     ),
     "decoupled_ppo": Loss(
         decoupled_ppo,

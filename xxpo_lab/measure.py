@@ -1,4 +1,5 @@
-"""Measurements at fixed parameters, outside training: gradient statistics, critic fitting, score norms.
+"""Measurements at fixed parameters, outside training: gradient statistics, critic fitting, score norms,
+the token ratios of a reused batch.
 
 These answer chapter 2's questions about a policy as it is (the warm start, or any saved policy):
 how noisy is the policy-gradient estimate under each baseline, and why. They reuse the training
@@ -8,12 +9,14 @@ loop's own collection and loss code, with their own seeded randomness. Book: ch.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pandas as pd
 import torch
 
 from xxpo_lab.config import Config, resolve, sized
-from xxpo_lab.loop import State, collect, critic_explained_variance, critic_update, gradient_stats, prepare, setup
+from xxpo_lab.loop import (State, collect, critic_explained_variance, critic_update, gradient_stats, loss_of, prepare,
+                           setup)
 from xxpo_lab.policy import pick_device, token_logp
 
 
@@ -118,3 +121,74 @@ def reuse_one_batch(cfg: Config, seed: int = 0, device: str | None = None):
             logps.append(token_logp(state.policy, b.prompt_ids, b.prompt_mask, b.resp_ids, state.cfg.temperature))
         update(state, b, 0)
     return state, b, logps
+
+
+def token_ratios(cfg: Config, seed: int = 0) -> pd.DataFrame:
+    """The per-token log-ratios log r = log π_θ - log π_prox of one batch reused cfg.epochs times
+    (`reuse_one_batch`): one row per (update, response, valid token) with the response's length, advantage
+    and correctness, so a chapter can set each response's token ratios beside its sequence ratio
+    s_i = exp(mean_t log r). Cached like a run. Book: ch. 5."""
+    from xxpo_lab.config import to_dict
+    from xxpo_lab.runs import cached_table
+
+    def compute() -> pd.DataFrame:
+        state, b, logps = reuse_one_batch(cfg, seed)
+        rows, t = b.mask.nonzero(as_tuple=True)  # the valid tokens, in row order
+        parts = [pd.DataFrame({"update": u, "row": rows.numpy(), "t": t.numpy(),
+                               "log_r": (logp - b.prox_logp)[rows, t].numpy(),
+                               "length": b.lengths[rows].numpy(), "adv": b.adv[rows, t].numpy(),
+                               "correct": b.correct[rows].numpy()})
+                 for u, logp in enumerate(logps)]
+        return pd.concat(parts, ignore_index=True)
+
+    return cached_table("token-ratios", {"config": to_dict(cfg), "seed": seed}, compute,
+                        code=[token_ratios, reuse_one_batch])
+
+
+def noise_effect(cfg: Config, sigmas: list[float], rhos: list[float], losses: dict[str, dict], seed: int = 0,
+                 draws: int = 4) -> pd.DataFrame:
+    """How noise in the sampler's log-probs bends the first update of a step, for several losses.
+
+    One batch from the warm start (`sample_batch`); for each loss (label -> Config changes, e.g.
+    {"loss": "gspo"}), its gradient with the exact behav_logp = prox_logp, and again with `draws` draws of
+    `rollout.logp_noise(σ, ρ)` added to both (a sampler that disagrees with the trainer: r = exp(-noise)
+    at update 0). One row per (loss, σ, ρ, draw): the cosine between the noisy and the exact gradient (1:
+    the noise changed nothing) and the shares of tokens and of sequences the noise got clipped. Cached like
+    a run. Book: ch. 5."""
+    from xxpo_lab.config import to_dict
+    from xxpo_lab.rollout import logp_noise
+    from xxpo_lab.runs import cached_table
+
+    def compute() -> pd.DataFrame:
+        state, b = sample_batch(cfg, seed)
+        params = [p for p in state.policy.parameters() if p.requires_grad]
+        logp = token_logp(state.policy, b.prompt_ids, b.prompt_mask, b.resp_ids, state.cfg.temperature)
+        gen = torch.Generator(device=state.device).manual_seed(seed)
+        rows = []
+        for label, changes in losses.items():
+            lcfg = resolve(replace(sized(cfg), **changes))  # the loss's own defaults (GSPO's tiny eps)
+            exact, _, _ = _loss_grad(logp, b, lcfg, params)
+            for sigma in sigmas:
+                for rho in rhos:
+                    for draw in range(draws):
+                        noise = logp_noise(b.mask, sigma, rho, gen)
+                        noisy = replace(b, behav_logp=b.behav_logp + noise, prox_logp=b.prox_logp + noise)
+                        g, tok, seq = _loss_grad(logp, noisy, lcfg, params)
+                        cos = torch.nn.functional.cosine_similarity(g, exact, dim=0).item()
+                        rows.append({"loss": label, "sigma": sigma, "rho": rho, "draw": draw, "cosine": cos,
+                                     "clip_token_frac": tok, "clip_seq_frac": seq,
+                                     "len_mean": b.lengths.float().mean().item()})
+        return pd.DataFrame(rows)
+
+    payload = {"config": to_dict(cfg), "sigmas": list(sigmas), "rhos": list(rhos), "losses": losses, "seed": seed,
+               "draws": draws}
+    return cached_table("noise-effect", payload, compute, code=[noise_effect, sample_batch, _loss_grad])
+
+
+def _loss_grad(logp, b, cfg: Config, params) -> tuple[torch.Tensor, float, float]:
+    """The loss's flattened gradient over `params` (the graph of logp is kept for the next call), and the
+    shares of valid tokens and of sequences its clip zeroed."""
+    loss, info = loss_of(cfg.loss, logp, b, cfg)
+    g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(loss, params, retain_graph=True)])
+    clipped = (info.clip_low | info.clip_high) & (b.mask > 0)
+    return g, (clipped.sum() / b.mask.sum()).item(), clipped.any(-1).float().mean().item()

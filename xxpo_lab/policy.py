@@ -1,5 +1,5 @@
-"""Policies: a GPT-2 built from the config (or a pretrained causal LM), the learner's log-probs,
-and the supervised warm start that gives RL a non-zero success rate.
+"""Policies: a GPT-2 or a small mixture of experts built from the config (or a pretrained causal LM), the
+learner's log-probs, and the supervised warm start that gives RL a non-zero success rate.
 
 Dropout is never active (models stay in eval mode; gradients flow all the same), so the learner's
 log-probs equal the sampler's. Warm-started weights are cached on disk, keyed by everything that
@@ -12,13 +12,9 @@ import os
 import random
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from transformers import GPT2LMHeadModel
 
 from xxpo_lab.codekey import code_hash
 from xxpo_lab.rollout import positions, sample, score
@@ -27,6 +23,8 @@ from xxpo_lab.tasks import Problem, Task, char_tokenizer, make_task
 
 N_POSITIONS = 160
 """Positions of the built GPT-2 (prompt + response); the config caps T_max well below it."""
+MODEL_TYPES = ("gpt2", "mixtral")
+"""Architectures `build_policy` makes from a config (Config.model_type)."""
 
 
 @contextmanager
@@ -48,18 +46,30 @@ def pick_device(preference: str | None = None) -> torch.device:
     return torch.device(name)
 
 
-def build_policy(cfg, tokenizer) -> GPT2LMHeadModel:
-    """A GPT-2 sized by the config, dropout off, with the tokenizer's explicit pad/eos ids."""
-    from transformers import GPT2Config, GPT2LMHeadModel  # here: the model classes take seconds to import
+def build_policy(cfg, tokenizer):
+    """A policy sized by the config, dropout off, with the tokenizer's explicit pad/eos ids: a GPT-2, or for
+    model_type 'mixtral' a Mixtral whose every MLP is n_experts experts with top_k_experts routed per token. Each
+    expert is 2·n_embd wide, so a token's active MLP (two experts) is as wide as GPT-2's 4·n_embd MLP."""
+    from transformers import GPT2Config, GPT2LMHeadModel, MixtralConfig, MixtralForCausalLM  # slow imports
 
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=N_POSITIONS, n_layer=cfg.n_layer, n_head=cfg.n_head,
-        n_embd=cfg.n_embd, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
+    ids = {"bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "pad_token_id": tokenizer.pad_token_id}
+    if cfg.model_type == "mixtral":
+        config = MixtralConfig(
+            vocab_size=len(tokenizer), max_position_embeddings=N_POSITIONS, num_hidden_layers=cfg.n_layer,
+            num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head, hidden_size=cfg.n_embd,
+            intermediate_size=2 * cfg.n_embd, num_local_experts=cfg.n_experts,
+            num_experts_per_tok=cfg.top_k_experts, router_jitter_noise=0.0, attention_dropout=0.0,
+            sliding_window=None, tie_word_embeddings=True, **ids)
+        model_class = MixtralForCausalLM
+    else:
+        config = GPT2Config(vocab_size=len(tokenizer), n_positions=N_POSITIONS, n_layer=cfg.n_layer,
+                            n_head=cfg.n_head, n_embd=cfg.n_embd, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                            **ids)
+        model_class = GPT2LMHeadModel
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
-        return GPT2LMHeadModel(config).eval()
+        return model_class(config).eval()
 
 
 def load_pretrained(name_or_path: str):
@@ -127,7 +137,8 @@ def accuracy(model, tokenizer, task: Task, problems: list[Problem], cfg, gen: to
 # -------------------------------------------------------------------------------------------------
 # warm start
 
-WARM_FIELDS = ("task", "difficulty", "n_layer", "n_head", "n_embd", "model_name", "warm_start_acc",
+WARM_FIELDS = ("task", "difficulty", "n_layer", "n_head", "n_embd", "model_name", "model_type", "n_experts",
+               "top_k_experts", "warm_start_acc",
                "warm_start_max_steps", "warm_start_min_steps", "warm_start_lr", "init_seed", "demo_filler", "demo_wrong_frac",
                "demo_wrong_filler", "T_max", "temperature")
 WARM_BATCH, WARM_CHECK_EVERY, WARM_CHECK_PROMPTS = 128, 10, 256

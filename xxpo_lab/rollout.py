@@ -57,17 +57,35 @@ def sample(model, prompt_ids: Tensor, prompt_mask: Tensor, T: int, temperature: 
     return resp, mask, logp, lengths, truncated
 
 
+def logp_noise(mask: Tensor, sigma: float, rho: float, gen: torch.Generator) -> Tensor:
+    """Gaussian noise for recorded log-probs, AR(1) along each response: n_0 = σ·ε_0,
+    n_t = ρ·n_{t-1} + σ·√(1-ρ²)·ε_t, so every token has std σ and neighbours correlate by ρ (ρ = 0: i.i.d.).
+    The mean over a length-n response then has std σ/√n at ρ = 0 and stays near σ as ρ → 1.
+    Args: mask [B, T]; gen draws ε on mask's device. Returns: noise [B, T], 0 on padding. Book: ch. 5.
+    """
+    eps = torch.randn(mask.shape, generator=gen, device=mask.device)  # [B, T]
+    noise = torch.empty_like(eps)
+    noise[:, 0] = eps[:, 0]
+    for t in range(1, mask.shape[1]):
+        noise[:, t] = rho * noise[:, t - 1] + (1 - rho**2) ** 0.5 * eps[:, t]
+    return sigma * noise * mask
+
+
 class HfDecoder:
     """Next-token logits from any transformers causal LM, with its KV cache."""
 
     def __init__(self, model):
+        import inspect
+
         from transformers import DynamicCache
 
         self.model, self.cache = model, DynamicCache()
+        # the cache argument is `cache` in transformers 5.x and `past_key_values` in 4.x
+        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def __call__(self, ids: Tensor, pos: Tensor, attn: Tensor) -> Tensor:
-        # the cache is the second positional argument in transformers 4.x (past_key_values) and 5.x (cache)
-        return self.model(ids, self.cache, attention_mask=attn, position_ids=pos, use_cache=True).logits[:, -1]
+        return self.model(ids, attention_mask=attn, position_ids=pos, use_cache=True,
+                          **{self.cache_arg: self.cache}).logits[:, -1]
 
 
 class Gpt2Decoder:

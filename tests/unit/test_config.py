@@ -139,6 +139,8 @@ def test_the_combinations_that_stay_allowed():
     Config(loss="ppo", dual_clip_c=1.5)
     Config(loss="decoupled_ppo", behav_weight_cap=1.5)
     Config(G=2, dynamic_sampling=True)
+    Config(model_type="mixtral", routing_replay=True, n_experts=1, top_k_experts=1)
+    Config(behav_noise=0.0, behav_noise_corr=0.0)
 
 
 # Every field, one out-of-range value each and the whole of what the error says is allowed. A new field fails
@@ -150,6 +152,11 @@ OUT_OF_RANGE = {
     "task": ("chess", ONE_OF(TASKS)), "difficulty": (0, INT_GE_1 + " (or None for the task's default)"),
     "n_layer": (0, INT_GE_1), "n_head": (0, INT_GE_1), "n_embd": (0, INT_GE_1),
     "model_name": (" ", "must name a model (a hub name or a local path), or be None to build a GPT-2"),
+    "model_type": ("llama", "must be one of gpt2, mixtral (the architectures the lab builds from a config and "
+                            "samples with a KV cache)"),
+    "n_experts": (0, INT_GE_1), "top_k_experts": (0, "must be in [1, n_experts = 8]"),
+    "routing_replay": (True, "needs a mixture-of-experts policy (model_type='mixtral'), not 'gpt2'"),
+    "behav_noise": (-0.1, GE_0), "behav_noise_corr": (-0.5, "must be in [0, 1)"),
     "warm_start_acc": (0.0, "must be in (0, 1]"), "warm_start_max_steps": (0, INT_GE_1),
     "warm_start_min_steps": (-1, GE_0), "warm_start_lr": (0.0, GT_0), "init_seed": (-1, GE_0),
     "demo_filler": (-1, GE_0), "demo_wrong_frac": (1.0, "must be in [0, 1)"), "demo_wrong_filler": (-1, GE_0),
@@ -173,7 +180,7 @@ FREE = {
     "mask_truncated": "a bool: both values are valid",
 }
 # The other side of a two-sided range, where a field has one.
-ABOVE_RANGE = {"warm_start_acc": 1.01, "demo_wrong_frac": 1.5, "gamma": 2.0, "lam": 1.5, "difficulty": 99,
+ABOVE_RANGE = {"top_k_experts": 9, "behav_noise_corr": 1.0, "warm_start_acc": 1.01, "demo_wrong_frac": 1.5, "gamma": 2.0, "lam": 1.5, "difficulty": 99,
                "warm_start_min_steps": 4000, "overlong_buffer": 8, "minibatches": 3}
 # A context that lets a switch be checked on its own (dual clip and the weight cap need a loss that reads them).
 CONTEXT = {"dual_clip_c": {"loss": "ppo"}, "behav_weight_cap": {"loss": "decoupled_ppo"}}

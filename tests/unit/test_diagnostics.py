@@ -179,3 +179,13 @@ def test_every_loss_info_field_is_logged_under_a_glossary_name():
                                          {"clip_low": flags, "clip_high": flags})
         assert set(loss_metrics(LossInfo(**alone), torch.zeros(2, 3), mask)) > set(
             loss_metrics(LossInfo(ratio=info.ratio), torch.zeros(2, 3), mask)), n
+
+
+def test_seq_std_is_the_within_row_spread_over_rows_with_two_or_more_tokens():
+    from xxpo_lab.diagnostics import seq_std
+
+    # row 0: (0.1, -0.1) -> std 0.1; row 1: (0.0, 0.3, 0.6) -> mean 0.3, std sqrt((0.09 + 0 + 0.09) / 3) = sqrt(0.06)
+    # row 2: one token, no spread: left out. Mean of the two: (0.1 + 0.24495) / 2
+    x = torch.tensor([[0.1, -0.1, 9.0], [0.0, 0.3, 0.6], [5.0, 9.0, 9.0]])
+    mask = torch.tensor([[1.0, 1, 0], [1, 1, 1], [1, 0, 0]])
+    assert seq_std(x, mask) == pytest.approx((0.1 + 0.06**0.5) / 2)

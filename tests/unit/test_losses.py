@@ -65,6 +65,7 @@ ON_POLICY_CASES = [  # (loss, its aggregation); A is constant along each sequenc
     ("pg", "token-mean"), ("ppo", "token-mean"), ("dapo", "token-mean"), ("cispo", "token-mean"),
     ("grpo", "seq-mean-token-mean"), ("gspo", "seq-mean-token-mean"), ("gspo_token", "seq-mean-token-mean"),
     ("gmpo", "seq-mean-token-mean"), ("sapo", "seq-mean-token-mean"), ("dr_grpo", "seq-mean-token-sum-norm"),
+    ("luspo", "seq-mean-token-sum"),
 ]
 
 
@@ -132,6 +133,23 @@ def test_gspo_token_equals_gspo_when_advantage_is_constant_along_each_sequence()
     _, info = LOSSES["gspo"].fn(logp, b, cfg)
     clipped_seq = (info.clip_low | info.clip_high)[:, 0]
     assert clipped_seq.any() and not clipped_seq.all()
+
+
+def test_luspo_golden_values_each_sequence_loss_times_its_length():
+    # prox = 0, A = +1 for both. Sequence 0 (|y| = 3): log r = 0.3, 0, -0.3, mean 0, so s_0 = 1 (in band).
+    # Sequence 1 (|y| = 1): log r = 0.01, s_1 = e^0.01 = 1.01005, above both upper clips with A > 0: clipped,
+    # at 1 + 4e-4 (GSPO) and at 1 + 2.5e-3 (LUSPO's default).
+    # GSPO  = (1/2)·(-1 - 1.0004) = -1.0002;  LUSPO = (1/2)·(3·(-1) + 1·(-1.0025)) = -2.00125.
+    # d LUSPO / d logp_{0,t} = -(1/2)·3·s_0·(1/3)·A = -0.5 on each token of sequence 0; 0 on the clipped one.
+    mask = torch.tensor([[1.0, 1, 1], [1, 0, 0]], dtype=F64)
+    b = make_batch(mask, prox_logp=torch.zeros(2, 3, dtype=F64), adv=mask.clone())
+    logp = torch.tensor([[0.3, 0.0, -0.3], [0.01, 0, 0]], dtype=F64)
+    cfg = cfg_for("luspo")
+    loss, grad = loss_and_grad(LOSSES["luspo"].fn, logp, b, cfg)
+    gspo_loss, _ = loss_and_grad(LOSSES["gspo"].fn, logp, b, cfg_for("gspo"))
+    torch.testing.assert_close(loss, torch.tensor(-2.00125, dtype=F64))
+    torch.testing.assert_close(gspo_loss, torch.tensor(-1.0002, dtype=F64))
+    torch.testing.assert_close(grad, torch.tensor([[-0.5, -0.5, -0.5], [0, 0, 0]], dtype=F64))
 
 
 def test_clip_fraction_two_definitions():
@@ -309,7 +327,7 @@ def test_k3_in_the_loss_descends_the_forward_kl():
 # survived `make mutate`: tests/README.md)
 
 INFO_FIELDS = {  # the LossInfo fields each loss fills, whatever the batch
-    **dict.fromkeys(["pg", "gspo", "gspo_token", "gmpo"], {"ratio", "clip_low", "clip_high", "out_of_band"}),
+    **dict.fromkeys(["pg", "gspo", "gspo_token", "luspo", "gmpo"], {"ratio", "clip_low", "clip_high", "out_of_band"}),
     **dict.fromkeys(["ppo", "grpo", "bnpo", "dr_grpo", "dapo", "sppo"],
                     {"ratio", "clip_low", "clip_high", "out_of_band", "dual_clip"}),
     "decoupled_ppo": {"ratio", "clip_low", "clip_high", "out_of_band", "dual_clip", "is_weight", "is_masked"},

@@ -95,3 +95,21 @@ def test_score_before_the_cut_reads_the_answer_a_truncation_cut_off():
     lengths, truncated = torch.tensor([ids.shape[1]] * 2), torch.tensor([True, True])
     assert score(task, tok, [problem] * 2, ids, lengths, truncated).tolist() == [False, False]
     assert score(task, tok, [problem] * 2, ids, lengths, truncated, before_cut=True).tolist() == [True, False]
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.9])
+def test_logp_noise_has_std_sigma_neighbour_correlation_rho_and_spares_padding(rho):
+    from xxpo_lab.rollout import logp_noise
+
+    mask = torch.ones(20_000, 16)
+    mask[0, 8:] = 0.0
+    n = logp_noise(mask, 0.1, rho, torch.Generator().manual_seed(0))
+    assert (n[0, 8:] == 0).all()
+    n = n[1:]
+    assert n.std().item() == pytest.approx(0.1, rel=0.03)
+    assert n[:, -1].std().item() == pytest.approx(0.1, rel=0.03)  # stationary: the last token as spread as the first
+    corr = torch.corrcoef(torch.stack([n[:, 7], n[:, 8]]))[0, 1].item()
+    assert corr == pytest.approx(rho, abs=0.03)
+    # the mean over a response, what a sequence ratio sees: σ/√16 = 0.025 when i.i.d., near σ when correlated
+    expected = 0.025 if rho == 0 else 0.1 * ((16 + 2 * sum((16 - k) * rho**k for k in range(1, 16))) / 256) ** 0.5
+    assert n.mean(-1).std().item() == pytest.approx(expected, rel=0.05)

@@ -9,6 +9,7 @@ d loss / d logp must agree.
 Mapping (TRL loss_type / importance_sampling_level -> ours):
     grpo / token -> grpo           bnpo / token -> bnpo          dr_grpo / token -> dr_grpo (T_max = max_completion_length)
     dapo / token -> dapo           sapo / token -> sapo          grpo / sequence -> gspo
+    luspo / sequence -> luspo
     cispo / token -> cispo (equal when eps_low = 1 and eps_high = TRL's cap - 1)
 each with beta = 0 and beta > 0 (TRL's k3 KL with `use_bias_correction_kl=False`).
 
@@ -178,6 +179,8 @@ CASES = [
     Case("dapo", "dapo", "token", "token-mean"),
     Case("gspo", "grpo", "sequence", "seq-mean-token-mean"),
     Case("gspo", "grpo", "sequence", "seq-mean-token-mean", eps_low=3e-4, eps_high=4e-4),  # the paper's range
+    Case("luspo", "luspo", "sequence", "seq-mean-token-sum"),
+    Case("luspo", "luspo", "sequence", "seq-mean-token-sum", eps_low=3e-4, eps_high=4e-4),
     Case("sapo", "sapo", "token", "seq-mean-token-mean"),  # TRL's defaults (TRL holds 1.05 in float32)
     Case("sapo", "sapo", "token", "seq-mean-token-mean", tau_pos=4.0, tau_neg=0.5),  # a swap would show
     Case("cispo", "cispo", "token", "token-mean", eps_low=1.0, eps_high=4.0),  # TRL cap 5.0, no lower bound
