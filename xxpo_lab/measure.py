@@ -15,8 +15,16 @@ import pandas as pd
 import torch
 
 from xxpo_lab.config import Config, resolve, sized
-from xxpo_lab.loop import (State, collect, critic_explained_variance, critic_update, gradient_stats, loss_of, prepare,
-                           setup)
+from xxpo_lab.loop import (
+    State,
+    collect,
+    critic_explained_variance,
+    critic_update,
+    gradient_stats,
+    loss_of,
+    prepare,
+    setup,
+)
 from xxpo_lab.policy import pick_device, token_logp
 
 
