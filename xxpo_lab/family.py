@@ -70,12 +70,14 @@ FAMILY = [
            "interpolate proximal log-probs from behaviour and current log-probs (no forward pass)", 7, "a3po"),
     Member("DPPO", 2026, 6.0, ("PPO",), "divergence trust region",
            "trust region defined by a binary TV/KL divergence, not the ratio"),
+    Member("LUSPO", 2026, 3.0, ("GSPO",), "sequence loss × its length",
+           "GSPO with each sequence's loss multiplied by its length, removing the 1/|y_i| weight", 5, "luspo"),
     Member("SPPO (sequence-level)", 2026, 5.5, ("PPO", "GRPO"), "prompt-only critic, 1 sample",
            "prompt-only scalar critic, sequence advantage, one sample per prompt", 8, "sppo"),
 ]
 
 
-BOOK = ('00_family', '01_reinforce_to_ppo', '02_ppo_to_grpo', '03_grpo_to_dr_grpo', '04_grpo_to_dapo')
+BOOK = ('00_family', '01_reinforce_to_ppo', '02_ppo_to_grpo', '03_grpo_to_dr_grpo', '04_grpo_to_dapo', '05_grpo_to_gspo')
 """The book's chapters in order, as `_toc.yml` lists them (`make sync` writes this line; a test checks it)."""
 
 

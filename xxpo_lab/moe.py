@@ -22,18 +22,19 @@ def moe_blocks(model) -> list[torch.nn.Module]:
 
 @contextmanager
 def routing(model, replay: Tensor | None = None):
-    """Record (and optionally replay) the experts chosen in every forward of `model` inside the block.
+    """Record (and optionally replay) the experts chosen in every forward of `model`.
 
-    Yields a list that receives, per forward, the experts the routers chose, [N, n_layer, S, k] long for an
-    input of N sequences of S positions. With `replay` [N, n_layer, S, k] the routers use those experts
-    instead, weighted by the router's current softmax renormalised over them (Mixtral's own weighting), and
-    what the routers *would* have chosen is still recorded. A dense model records nothing.
+    Yields a list that receives, per forward, the experts the routers chose:
+    [N, n_layer, S, k] long for N sequences of S positions. With `replay` (same
+    shape) the routers use those experts instead, weighted by the router's current
+    softmax renormalised over them (Mixtral's own weighting), and what the routers
+    would have chosen is still recorded. A dense model records nothing.
     """
     blocks, chosen, layers, shapes = moe_blocks(model), [], {}, {}
 
     def keep_shape(i: int):
         def fn(block, args):
-            shapes[i] = args[0].shape[:2]  # [N, S, d] -> (N, S); the router sees the N·S rows flattened
+            shapes[i] = args[0].shape[:2]  # (N, S): the router sees N·S rows
         return fn
 
     def route(i: int):
@@ -41,16 +42,20 @@ def routing(model, replay: Tensor | None = None):
             logits, scores, indices = output  # [N·S, E], [N·S, k], [N·S, k]
             layers[i] = indices.view(*shapes[i], -1)
             if len(layers) == len(blocks):
-                chosen.append(torch.stack([layers.pop(j) for j in range(len(blocks))], dim=1))
+                stacked = [layers.pop(j) for j in range(len(blocks))]
+                chosen.append(torch.stack(stacked, dim=1))
             if replay is None:
                 return output
-            forced = replay[:, i].reshape(indices.shape)
-            weights = torch.softmax(logits.float(), dim=-1).gather(-1, forced)
-            return logits, (weights / weights.sum(-1, keepdim=True)).to(scores.dtype), forced
+            forced = replay[:, i].reshape(indices.shape)  # the old experts
+            w = torch.softmax(logits.float(), dim=-1).gather(-1, forced)
+            w = (w / w.sum(-1, keepdim=True)).to(scores.dtype)
+            return logits, w, forced
         return fn
 
-    handles = [h for i, block in enumerate(blocks)
-               for h in (block.register_forward_pre_hook(keep_shape(i)), block.gate.register_forward_hook(route(i)))]
+    handles = []
+    for i, block in enumerate(blocks):
+        handles.append(block.register_forward_pre_hook(keep_shape(i)))
+        handles.append(block.gate.register_forward_hook(route(i)))
     try:
         yield chosen
     finally:

@@ -24,7 +24,7 @@ METHOD_COLORS = {
     "bnpo": "#ff7f0e",  # the token mean
     "dapo": "#bcbd22",
     "rloo": "#9467bd",
-    "gspo": "#8c564b", "gspo_token": "#c49c94",
+    "gspo": "#8c564b", "gspo_token": "#c49c94", "luspo": "#e7969c",
     "decoupled_ppo": "#17becf", "a3po": "#9edae5",
     "sppo": "#aec7e8", "sapo": "#e377c2", "cispo": "#ffbb78", "gmpo": "#98df8a",
     "self_play_po": "#c5b0d5", "win_rate": "#c5b0d5",
