@@ -46,7 +46,7 @@ def routing(model, replay: Tensor | None = None):
                 chosen.append(torch.stack(stacked, dim=1))
             if replay is None:
                 return output
-            forced = replay[:, i].reshape(indices.shape)  # the old experts
+            forced = replay[:, i].reshape(indices.shape)  # sampling's experts
             w = torch.softmax(logits.float(), dim=-1).gather(-1, forced)
             w = (w / w.sum(-1, keepdim=True)).to(scores.dtype)
             return logits, w, forced
