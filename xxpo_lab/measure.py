@@ -1,5 +1,5 @@
 """Measurements at fixed parameters, outside training: gradient statistics, critic fitting, score norms,
-the token ratios of a reused batch.
+the token ratios of a reused batch, and what sampler noise does to a loss's gradient.
 
 These answer chapter 2's questions about a policy as it is (the warm start, or any saved policy):
 how noisy is the policy-gradient estimate under each baseline, and why. They reuse the training
