@@ -28,6 +28,7 @@ class Batch:
     right_before_cut: Tensor | None = None  # [B] bool, truncated and right before the cut (scored 0 all the same)
     adv: Tensor | None = None  # [B, T] float, zero where mask is 0
     prox_logp: Tensor | None = None  # [B, T] the trust-region anchor
+    exact_prox_logp: Tensor | None = None  # [B, T] the recomputed anchor, for measuring A-3PO's (measure_prox)
     ref_logp: Tensor | None = None  # [B, T] frozen reference, when beta > 0
     version_gap: Tensor | None = None  # [B] long, A-3PO's d = version being produced - behaviour version
     values: Tensor | None = None  # [B, T] (token critic) or [B] (prompt critic), at sampling time

@@ -128,6 +128,12 @@ class Config:
     """Rollouts of step k come from the policy as it was at the start of step k - staleness (0: synchronous)."""
     behav_weight_cap: float | None = None
     """Decoupled PPO / A-3PO: tokens whose behaviour weight prox/behav exceeds this are masked (AReaL). None: no cap."""
+    prox_interp: str = "loglinear"
+    """A-3PO: how the proximal policy is interpolated between the sampler and the current policy: 'loglinear' (in
+    log-probability, the paper's and AReaL's default) or 'linear' (in probability, AReaL's other method; ch. 7)."""
+    measure_prox: bool = False
+    """A-3PO: also run the exact proximal forward pass, for measurement only (the loss never reads it, and its time is
+    logged as time/measure, outside time/step), to log the interpolation's error prox/approx_err (ch. 7)."""
     routing_replay: bool = False
     """Mixture-of-experts policies: the learner's forward reuses the experts the sampler chose for each token (GSPO
     paper's Routing Replay); the router still weights them and still learns (ch. 5)."""
@@ -213,6 +219,7 @@ def sized(cfg: Config) -> Config:
         grad_stats_every=cfg.grad_stats_every and max(1, cfg.grad_stats_every // 10),
         warm_start_acc=min(cfg.warm_start_acc, 0.2),
         warm_start_min_steps=cfg.warm_start_min_steps // 10,
+        staleness=min(cfg.staleness, max(2, cfg.steps // 10) - 1),
     )
 
 
@@ -222,6 +229,7 @@ def sized(cfg: Config) -> Config:
 GROUP_ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "win_rate")
 KL_ESTIMATOR_NAMES = ("k1", "k2", "k3")
 KL_PLACES = ("loss", "reward")
+PROX_INTERPS = ("loglinear", "linear")
 
 
 def _fail(name: str, value, allowed: str) -> None:
@@ -319,13 +327,18 @@ def _validate(cfg: Config) -> None:
         _fail("lam", cfg.lam, "must be in [0, 1]")
     if cfg.behav_weight_cap is not None and not cfg.behav_weight_cap > 1:
         _fail("behav_weight_cap", cfg.behav_weight_cap, "must be > 1 (or None for no cap)")
+    if cfg.staleness >= cfg.steps:
+        _fail("staleness", cfg.staleness, f"must be < steps = {cfg.steps}: with more, every step would sample with the "
+              "initial policy")
+    _one_of("prox_interp", cfg.prox_interp, PROX_INTERPS)
     if cfg.P % cfg.minibatches:
         _fail("minibatches", cfg.minibatches,
               f"must divide P = {cfg.P} so that every minibatch holds whole groups")
     if cfg.overlong_buffer >= cfg.T_max:
         _fail("overlong_buffer", cfg.overlong_buffer, f"must be < T_max = {cfg.T_max}")
     spec = LOSSES[cfg.loss]
-    for name, off in (("dual_clip_c", 0.0), ("behav_weight_cap", None)):
+    for name, off in (("dual_clip_c", 0.0), ("behav_weight_cap", None), ("prox_interp", "loglinear"),
+                      ("measure_prox", False)):
         if getattr(cfg, name) != off and name not in spec.switches:
             honoured = ", ".join(n for n, s in LOSSES.items() if name in s.switches)
             _fail(name, getattr(cfg, name), f"loss {cfg.loss!r} does not use it (the losses that do: {honoured})")

@@ -60,6 +60,10 @@ GLOSSARY = {
     "kl/prox_k3": "The same k3 drift against the proximal policy π_prox (differs from kl/k3 only with stale data).",
     "kl/ref_k3": "k3 estimate of KL(π_θ‖π_ref) to the frozen reference on the sampled tokens (when beta > 0).",
     "entropy/mean": "Mean entropy (nats) of the policy's next-token distribution on the sampled responses.",
+    "prox/approx_err": "A-3PO with measure_prox: mean |log π̂_prox - log π_prox| over the tokens, the interpolated anchor "
+                       "against the exact one (the policy at the start of the step, what decoupled PPO recomputes).",
+    "prox/sandwich_frac": "A-3PO with measure_prox: share of tokens whose exact log π_prox lies between log π_behav and "
+                          "log π_θ, where any interpolation between them can put it (ch. 7).",
     "is/weight_max": "Decoupled PPO / A-3PO: largest behaviour weight π_prox/π_behav.",
     "is/masked_frac": "Decoupled PPO / A-3PO: share of tokens masked by behav_weight_cap.",
     "is/capped_frac": "CISPO: share of tokens whose IS weight hit a bound (they keep their gradient).",
@@ -77,6 +81,7 @@ GLOSSARY = {
     "time/sample": "Seconds spent sampling the step's responses (and re-sampling for dynamic sampling).",
     "time/score": "Seconds spent decoding and verifying responses.",
     "time/prox": "Seconds spent on the extra forward pass for π_prox (decoupled PPO only; A-3PO has none).",
+    "time/measure": "Seconds spent on measurement-only forward passes (measure_prox), left out of time/step.",
     "time/update": "Seconds spent on the step's gradient updates (policy and critic).",
     "time/step": "Seconds for the whole step, evaluation excluded.",
     "time/eval": "Seconds spent on the held-out evaluation logged in this row.",
@@ -89,7 +94,8 @@ GLOSSARY = {
 }
 
 PER_UPDATE = ("clip/active_frac", "clip/low_frac", "clip/high_frac", "clip/high_prob", "clip/out_of_band_frac", "kl/k3",
-              "ratio/max", "ratio/logr_seq_std", "moe/route_drift")
+              "ratio/max", "ratio/logr_seq_std", "moe/route_drift",
+              "prox/approx_err")
 """Update metrics also logged per update index, as name@u0, name@u1, ..."""
 
 
@@ -135,6 +141,14 @@ def update_metrics(info: LossInfo, logp: Tensor, b: Batch, entropy: Tensor) -> d
     if b.ref_logp is not None:
         out["kl/ref_k3"] = _k3(b.ref_logp, logp, m)
     return out | loss_metrics(info, logp, m)
+
+
+def prox_error(approx: Tensor, exact: Tensor, behav_logp: Tensor, logp: Tensor, mask: Tensor) -> dict[str, float]:
+    """How far an interpolated anchor is from the exact one, and whether the exact one lies between the sampler
+    and the current policy (the interpolation's premise). All [B, T] log-probs -> floats. Book: ch. 7."""
+    lo, hi = torch.minimum(behav_logp, logp.detach()), torch.maximum(behav_logp, logp.detach())
+    return {"prox/approx_err": _mean((approx - exact).abs(), mask),
+            "prox/sandwich_frac": _frac((exact >= lo) & (exact <= hi), mask)}
 
 
 def seq_std(x: Tensor, mask: Tensor) -> float:

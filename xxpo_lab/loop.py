@@ -152,7 +152,7 @@ def training_step(state: State, step: int) -> dict:
     row |= dg.reduce_updates(per_update)
     if cfg.grad_stats_every and step % cfg.grad_stats_every == 0:
         row |= gradient_stats(state, seed=cfg.seed * 100_003 + step)
-    times["time/step"] = time.perf_counter() - t_start
+    times["time/step"] = time.perf_counter() - t_start - times.get("time/measure", 0.0)
     state.seconds += times["time/step"]
     return row | times | memory(state)
 
@@ -266,6 +266,10 @@ def prepare(state: State, b: Batch, times: dict, recompute_prox: bool | None = N
     b.prox_logp = (token_logp(state.policy, b.prompt_ids, b.prompt_mask, b.resp_ids, cfg.temperature)
                    if recompute else b.behav_logp)
     times["time/prox"] = time.perf_counter() - t0 if recompute else 0.0
+    if cfg.measure_prox:  # A-3PO: the anchor it approximates, for the error metric only
+        t0 = time.perf_counter()
+        b.exact_prox_logp = token_logp(state.policy, b.prompt_ids, b.prompt_mask, b.resp_ids, cfg.temperature)
+        times["time/measure"] = time.perf_counter() - t0
 
 
 def update(state: State, mb: Batch, step: int) -> dict:
@@ -289,6 +293,8 @@ def update(state: State, mb: Batch, step: int) -> dict:
                                  f"if any, is intact). Lower lr or check the loss settings.")
     state.opt.step()
     metrics = dg.update_metrics(info, logp, mb, entropy) | {"loss/policy": loss.item(), "grad/norm": grad_norm.item()}
+    if mb.exact_prox_logp is not None:
+        metrics |= dg.prox_error(info.prox_logp, mb.exact_prox_logp, mb.behav_logp, logp, mb.mask)
     if chosen:  # the experts the router would pick now against those it picked at sampling
         metrics["moe/route_drift"] = route_drift(chosen[0], mb.routes, mb.mask).item()
     if state.critic is not None:

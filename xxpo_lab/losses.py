@@ -310,19 +310,33 @@ def decoupled_ppo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo
     return aggregate(loss_bt, mask, "token-mean"), info
 
 
+def interpolate_prox(behav_logp: Tensor, logp: Tensor, d: Tensor, method: str = "loglinear") -> Tensor:
+    """A-3PO's proximal log-probs, interpolated between the sampler and the (detached) current policy.
+
+    'loglinear' (the paper): log π̂_prox = α·log π_behav + (1-α)·log π_θ, α = 1/d, so
+    u = π_θ/π̂_prox = (π_θ/π_behav)^(1/d). 'linear' (AReaL's other method): π̂_prox = α·π_behav + (1-α)·π_θ.
+    Both lie between π_behav and π_θ; at d = 1 both are π_behav. behav_logp, logp [B, T], d [B] (>= 1)
+    -> [B, T], no gradient. Book: ch. 7.
+    """
+    alpha = (1.0 / d.clamp(min=1).to(logp.dtype))[:, None]  # [B, 1]
+    logp = logp.detach()
+    if method == "loglinear":
+        return alpha * behav_logp + (1.0 - alpha) * logp
+    return torch.logaddexp(alpha.log() + behav_logp, torch.log1p(-alpha) + logp)  # log of the mixture
+
+
 def a3po(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     """A-3PO (arXiv 2512.06547): decoupled PPO with π_prox interpolated, not recomputed.
 
-    log π̂_prox = α·behav_logp + (1-α)·sg(logp), α = 1/d, d = version being produced - behaviour
-    version (our `staleness` + 1, counted per training step). At d = 1 (synchronous) α = 1 and
+    π̂_prox = `interpolate_prox(behav_logp, logp, d, cfg.prox_interp)`, d = version being produced -
+    behaviour version (our `staleness` + 1, counted per training step). At d = 1 (synchronous)
     π̂_prox = π_behav exactly, so it is decoupled PPO with no extra forward pass. As in AReaL, the
     anchor moves with the (detached) current policy during the step.
     """
     _check(logp, b)
-    alpha = (1.0 / b.version_gap.clamp(min=1).to(logp.dtype))[:, None]  # [B, 1]
-    prox = alpha * b.behav_logp + (1.0 - alpha) * logp.detach()
+    prox = interpolate_prox(b.behav_logp, logp, b.version_gap, cfg.prox_interp)
     loss, info = decoupled_ppo(logp, replace(b, prox_logp=prox), cfg)
-    return loss, replace(info, prox_logp=prox.detach())
+    return loss, replace(info, prox_logp=prox)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -398,7 +412,8 @@ class Loss:
     prox: str = "behav"
     """Where prox_logp comes from: 'behav' (the sampler) or 'recompute' (an extra forward pass at the start of the step)."""
     switches: tuple[str, ...] = ()
-    """Optional Config switches the loss honours (dual_clip_c, behav_weight_cap); setting another is a ConfigError."""
+    """Optional Config switches the loss honours (dual_clip_c, behav_weight_cap, prox_interp, measure_prox); setting
+    another is a ConfigError."""
     seq_adv: bool = False
     """The loss needs one advantage per sequence (it differentiates through a sequence ratio)."""
 
@@ -468,7 +483,7 @@ LOSSES = {
         a3po,
         "A-3PO: decoupled PPO with the proximal policy interpolated by staleness",
         {"adv": "grpo"},
-        switches=DUAL + ("behav_weight_cap",),
+        switches=DUAL + ("behav_weight_cap", "prox_interp", "measure_prox"),
     ),
     "sppo": Loss(
         ppo,

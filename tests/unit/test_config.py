@@ -169,7 +169,8 @@ OUT_OF_RANGE = {
     "beta": (-0.01, GE_0), "kl_estimator": ("k4", ONE_OF(["k1", "k2", "k3"])),
     "kl_in": ("critic", ONE_OF(["loss", "reward"])), "critic_lr": (0.0, GT_0), "eps_value": (0.0, GT_0),
     "gamma": (1.01, "must be in [0, 1]"), "lam": (-0.01, "must be in [0, 1]"), "staleness": (-1, GE_0),
-    "behav_weight_cap": (1.0, "must be > 1 (or None for no cap)"), "max_refill": (0, INT_GE_1),
+    "behav_weight_cap": (1.0, "must be > 1 (or None for no cap)"), "prox_interp": ("cubic", ONE_OF(["linear", "loglinear"])),
+    "max_refill": (0, INT_GE_1),
     "overlong_buffer": (-1, GE_0), "overlong_penalty": (-1.0, GE_0), "eval_every": (0, INT_GE_1),
     "eval_prompts": (0, INT_GE_1), "grad_stats_every": (-1, GE_0),
     "grad_stats_batches": (2, "must be >= 3 (a variance and its jackknife need 3 batches)"), "seed": (-1, GE_0),
@@ -178,12 +179,13 @@ FREE = {
     "reward_offset": "any finite shift of every reward is a valid experiment (chapter 2 uses 0 and 5)",
     "dynamic_sampling": "a bool: both values are valid",
     "mask_truncated": "a bool: both values are valid",
+    "measure_prox": "a bool: both values are valid with a3po (the loss that reads it; another loss fails, tested in test_async)",
 }
 # The other side of a two-sided range, where a field has one.
 ABOVE_RANGE = {"top_k_experts": 9, "behav_noise_corr": 1.0, "warm_start_acc": 1.01, "demo_wrong_frac": 1.5, "gamma": 2.0, "lam": 1.5, "difficulty": 99,
-               "warm_start_min_steps": 4000, "overlong_buffer": 8, "minibatches": 3}
+               "warm_start_min_steps": 4000, "overlong_buffer": 8, "minibatches": 3, "staleness": 200}
 # A context that lets a switch be checked on its own (dual clip and the weight cap need a loss that reads them).
-CONTEXT = {"dual_clip_c": {"loss": "ppo"}, "behav_weight_cap": {"loss": "decoupled_ppo"}}
+CONTEXT = {"dual_clip_c": {"loss": "ppo"}, "behav_weight_cap": {"loss": "decoupled_ppo"}, "prox_interp": {"loss": "a3po"}}
 FIELDS = [f.name for f in fields(Config)]
 
 

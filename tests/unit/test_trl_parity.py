@@ -193,7 +193,7 @@ def our_cfg(case: Case, beta: float, **overrides) -> Config:
 
 
 def run_trl(trainer, monkeypatch, case: Case, d: Data, beta: float, bias_correction_kl: bool = False,
-            epsilon_high: float | None = None):
+            epsilon_high: float | None = None, delta: float | None = None):
     """TRL's loss and d loss / d logp, from `GRPOTrainer._compute_loss` on the leaf `logp`."""
     logp = d.logp.clone().requires_grad_(True)
     seen = []
@@ -208,7 +208,7 @@ def run_trl(trainer, monkeypatch, case: Case, d: Data, beta: float, bias_correct
     monkeypatch.setattr(trainer, "beta", beta)
     monkeypatch.setattr(trainer, "epsilon_low", case.eps_low)
     monkeypatch.setattr(trainer, "epsilon_high", case.trl_epsilon_high if epsilon_high is None else epsilon_high)
-    monkeypatch.setattr(trainer.args, "delta", None)
+    monkeypatch.setattr(trainer.args, "delta", delta)
     monkeypatch.setattr(trainer.args, "use_bias_correction_kl", bias_correction_kl)
     monkeypatch.setattr(trainer.args, "sapo_temperature_pos", case.tau_pos)
     monkeypatch.setattr(trainer.args, "sapo_temperature_neg", case.tau_neg)
@@ -278,6 +278,24 @@ def test_large_data_exercises_every_clip_branch():
     assert seq_low.any() and seq_high.any() and (~seq_low & ~seq_high).any()
     r = torch.exp(d.logp - d.old)
     assert (r[m] > 5.0).any() and (r[m] < 0.8).any()
+
+
+@pytest.mark.parametrize("beta", [0.0, BETA], ids=["no_kl", "kl"])
+@pytest.mark.parametrize("c", [3.0, 1.5])
+@pytest.mark.parametrize("case", [c for c in CASES if c.level == "token" and c.loss_type != "cispo"
+                                  and c.ours != "sapo"], ids=lambda c: c.id)
+def test_trl_delta_is_our_dual_clip(trainer, monkeypatch, case, c, beta):
+    """TRL's two-sided clipping (`delta`, INTELLECT-2) clamps the ratio at delta before the min; for A < 0 and
+    r > delta that is -delta·A with no gradient, dual clip's cap at c = delta; for A > 0 the upper clip already
+    binds (delta > 1 + eps). So TRL(delta = c) = ours(dual_clip_c = c), value and gradient (ch. 6)."""
+    d = make_data("large")
+    trl_loss, trl_grad = run_trl(trainer, monkeypatch, case, d, beta, delta=c)
+    loss, grad, info = run_ours(case, d, beta, dual_clip_c=c)
+    assert info.dual_clip.any()  # the cap binds on this data (A < 0, r = 4.5 > c)
+    torch.testing.assert_close(loss, trl_loss, **TOL)
+    torch.testing.assert_close(grad, trl_grad, **TOL)
+    plain, _, _ = run_ours(case, d, beta)
+    assert not torch.allclose(plain, trl_loss)  # without dual clip we are not TRL(delta)
 
 
 # -------------------------------------------------------------------------------------------------
