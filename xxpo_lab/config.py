@@ -211,7 +211,7 @@ def sized(cfg: Config) -> Config:
         return cfg
     return replace(
         cfg,
-        steps=max(2, cfg.steps // 10),
+        steps=max(2, cfg.steps // 10, cfg.staleness + 1),  # staleness must stay below steps
         P=max(cfg.minibatches, min(cfg.P, 8) // cfg.minibatches * cfg.minibatches),
         eval_prompts=min(cfg.eval_prompts, 64),
         eval_every=max(1, cfg.eval_every // 10),
@@ -219,7 +219,6 @@ def sized(cfg: Config) -> Config:
         grad_stats_every=cfg.grad_stats_every and max(1, cfg.grad_stats_every // 10),
         warm_start_acc=min(cfg.warm_start_acc, 0.2),
         warm_start_min_steps=cfg.warm_start_min_steps // 10,
-        staleness=min(cfg.staleness, max(2, cfg.steps // 10) - 1),
     )
 
 

@@ -1,5 +1,6 @@
 """Measurements at fixed parameters, outside training: gradient statistics, critic fitting, score norms,
-the token ratios of a reused batch, and what sampler noise does to a loss's gradient.
+the token ratios of a reused batch, what sampler noise does to a loss's gradient, and the three policies
+of a stale batch.
 
 These answer chapter 2's questions about a policy as it is (the warm start, or any saved policy):
 how noisy is the policy-gradient estimate under each baseline, and why. They reuse the training
@@ -200,3 +201,40 @@ def _loss_grad(logp, b, cfg: Config, params) -> tuple[torch.Tensor, float, float
     g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(loss, params, retain_graph=True)])
     clipped = (info.clip_low | info.clip_high) & (b.mask > 0)
     return g, (clipped.sum() / b.mask.sum()).item(), clipped.any(-1).float().mean().item()
+
+
+def stale_tokens(cfg: Config, seed: int = 0, at_step: int = 10) -> pd.DataFrame:
+    """The three policies of one stale batch, per token: train cfg (with its staleness d) for `at_step` steps,
+    then sample step `at_step`'s batch with the policy of d steps ago (π_behav), recompute the policy at the
+    start of the step (π_prox) and take the step's updates (π_θ after them). One row per valid token: row,
+    position t, token text, advantage, correctness, and behav_logp, prox_logp, logp. log w = prox - behav is
+    what staleness did, log u = logp - prox what this step did, their sum the coupled log-ratio. Cached like a
+    run. Book: ch. 6."""
+    from xxpo_lab.batch import group_rows
+    from xxpo_lab.config import to_dict
+    from xxpo_lab.loop import behaviour_policy, training_step, update
+    from xxpo_lab.runs import cached_table
+
+    def compute() -> pd.DataFrame:
+        run_cfg = resolve(sized(replace(cfg, seed=seed)))
+        state = setup(run_cfg, pick_device())
+        for step in range(at_step):
+            training_step(state, step)
+        version, behav = behaviour_policy(state, at_step)
+        b, _ = collect(state, behav, version, state.rng, state.gen, {})
+        b.version_gap = at_step + 1 - b.version
+        prepare(state, b, {}, recompute_prox=True)
+        for _ in range(run_cfg.epochs):  # the step's updates, as training takes them
+            for idx in group_rows(run_cfg.P, run_cfg.G, run_cfg.minibatches, state.gen_perm):
+                update(state, b.rows(idx), at_step)
+        with torch.no_grad():
+            logp = token_logp(state.policy, b.prompt_ids, b.prompt_mask, b.resp_ids, run_cfg.temperature)
+        rows, t = b.mask.nonzero(as_tuple=True)
+        tok = state.tokenizer
+        text = ["⏎" if i == tok.eos_token_id else tok.decode([i]) for i in b.resp_ids[rows, t].tolist()]
+        return pd.DataFrame({"row": rows.numpy(), "t": t.numpy(), "token": text, "adv": b.adv[rows, t].numpy(),
+                             "correct": b.correct[rows].numpy(), "behav_logp": b.behav_logp[rows, t].numpy(),
+                             "prox_logp": b.prox_logp[rows, t].numpy(), "logp": logp[rows, t].numpy()})
+
+    return cached_table("stale-tokens", {"config": to_dict(cfg), "seed": seed, "at_step": at_step}, compute,
+                        code=[stale_tokens])
