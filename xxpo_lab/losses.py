@@ -310,23 +310,29 @@ def decoupled_ppo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo
     return aggregate(loss_bt, mask, "token-mean"), info
 
 
-def interpolate_prox(behav_logp: Tensor, logp: Tensor, d: Tensor, method: str = "loglinear") -> Tensor:
-    """A-3PO's proximal log-probs, interpolated between the sampler and the (detached) current policy.
+def interpolate_prox(
+    behav_logp: Tensor, logp: Tensor, d: Tensor, method: str = "loglinear"
+) -> Tensor:
+    """A-3PO's anchor, between the sampler and the detached current policy.
 
-    'loglinear' (the paper): log π̂_prox = α·log π_behav + (1-α)·log π_θ, α = 1/d, so
-    u = π_θ/π̂_prox = (π_θ/π_behav)^(1/d). 'linear' (AReaL's other method): π̂_prox = α·π_behav + (1-α)·π_θ.
-    Both lie between π_behav and π_θ; at d = 1 both are π_behav. behav_logp, logp [B, T], d [B] (>= 1)
+    'loglinear' (the paper): log π̂_prox = α·log π_behav + (1-α)·log π_θ,
+    α = 1/d, so u = π_θ/π̂_prox = (π_θ/π_behav)^(1/d). 'linear' (AReaL's
+    other method): π̂_prox = α·π_behav + (1-α)·π_θ. Both lie between π_behav
+    and π_θ; at d = 1 both are π_behav. behav_logp, logp [B, T], d [B] (>= 1)
     -> [B, T], no gradient. Book: ch. 7.
     """
     alpha = (1.0 / d.clamp(min=1).to(logp.dtype))[:, None]  # [B, 1]
     logp = logp.detach()
     if method == "loglinear":
         return alpha * behav_logp + (1.0 - alpha) * logp
-    return torch.logaddexp(alpha.log() + behav_logp, torch.log1p(-alpha) + logp)  # log of the mixture
+    # log(α·π_behav + (1-α)·π_θ), computed in log space
+    return torch.logaddexp(
+        alpha.log() + behav_logp, torch.log1p(-alpha) + logp
+    )
 
 
 def a3po(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
-    """A-3PO (arXiv 2512.06547): decoupled PPO with π_prox interpolated, not recomputed.
+    """A-3PO (arXiv 2512.06547): decoupled PPO, π_prox interpolated not recomputed.
 
     π̂_prox = `interpolate_prox(behav_logp, logp, d, cfg.prox_interp)`, d = version being produced -
     behaviour version (our `staleness` + 1, counted per training step). At d = 1 (synchronous)

@@ -16,8 +16,8 @@ F64 = torch.float64
 
 
 def test_synchronous_schedule_alternates_generation_and_training():
-    # eta = 0: generate 2 s, train 1 s, then generate with the new weights: steps end at 3, 6, 9
-    t = schedule([2.0, 2.0, 2.0], [1.0, 1.0, 1.0], eta=0)
+    # d_max = 0: generate 2 s, train 1 s, then generate with the new weights: steps end at 3, 6, 9
+    t = schedule([2.0, 2.0, 2.0], [1.0, 1.0, 1.0], d_max=0)
     train_rows, gen_rows = t[t.phase == "train"], t[t.phase == "generate"]
     assert train_rows["end"].tolist() == [3.0, 6.0, 9.0]
     assert gen_rows["start"].tolist() == [0.0, 3.0, 6.0]
@@ -26,9 +26,9 @@ def test_synchronous_schedule_alternates_generation_and_training():
 
 
 def test_one_step_of_staleness_overlaps_generation_with_training():
-    # eta = 1: batch k starts as soon as the generator is free and step k-2 is done.
+    # d_max = 1: batch k starts as soon as the generator is free and step k-2 is done.
     # gen: [0,2] [2,4] [4,6] [6,8]; train: [2,3] [4,5] [6,7] [8,9]; batch 1 starts at 2 with version 0 (stale 1)
-    t = schedule([2.0] * 4, [1.0] * 4, eta=1)
+    t = schedule([2.0] * 4, [1.0] * 4, d_max=1)
     gen_rows = t[t.phase == "generate"]
     assert gen_rows["start"].tolist() == [0.0, 2.0, 4.0, 6.0]
     assert gen_rows["version"].tolist() == [0, 0, 1, 2]  # the newest weights published when the batch starts
@@ -37,8 +37,8 @@ def test_one_step_of_staleness_overlaps_generation_with_training():
 
 
 def test_a_slow_trainer_makes_the_generator_wait_for_the_staleness_bound():
-    # train 3 s, generate 1 s, eta = 1: batch 2 waits for step 0's end (t = 4): gen [0,1] [1,2] [4,5] [7,8]
-    t = schedule([1.0] * 4, [3.0] * 4, eta=1)
+    # train 3 s, generate 1 s, d_max = 1: batch 2 waits for step 0's end (t = 4): gen [0,1] [1,2] [4,5] [7,8]
+    t = schedule([1.0] * 4, [3.0] * 4, d_max=1)
     gen_rows = t[t.phase == "generate"]
     assert gen_rows["start"].tolist() == [0.0, 1.0, 4.0, 7.0]
     assert gen_rows["staleness"].max() == 1
@@ -46,10 +46,10 @@ def test_a_slow_trainer_makes_the_generator_wait_for_the_staleness_bound():
 
 
 def test_schedule_rejects_a_negative_bound_and_unequal_lengths():
-    with pytest.raises(ValueError, match=r"eta = -1 is not allowed: .* >= 0"):
-        schedule([1.0], [1.0], eta=-1)
+    with pytest.raises(ValueError, match=r"d_max = -1 is not allowed: .* >= 0"):
+        schedule([1.0], [1.0], d_max=-1)
     with pytest.raises(ValueError, match="gen_s has 2 steps and train_s 1"):
-        schedule([1.0, 1.0], [1.0], eta=1)
+        schedule([1.0, 1.0], [1.0], d_max=1)
 
 
 def test_interpolated_anchor_loglinear_and_linear_by_hand():
