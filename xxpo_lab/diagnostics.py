@@ -66,6 +66,8 @@ GLOSSARY = {
                           "log π_θ, where any interpolation between them can put it (ch. 7).",
     "is/weight_max": "Decoupled PPO / A-3PO: largest behaviour weight π_prox/π_behav.",
     "is/masked_frac": "Decoupled PPO / A-3PO: share of tokens masked by behav_weight_cap.",
+    "is/masked_neg_frac": "Decoupled PPO / A-3PO with behav_weight_cap: share of the masked tokens whose advantage is "
+                          "negative (tokens of worse-than-average responses); absent when none was masked (ch. 6).",
     "is/capped_frac": "CISPO: share of tokens whose IS weight hit a bound (they keep their gradient).",
     "gate/mean": "SAPO: mean gradient weight of the soft gate (1 on-policy).",
     "gate/low_frac": "SAPO: share of tokens whose gate weight is below 0.5.",
@@ -138,6 +140,8 @@ def update_metrics(info: LossInfo, logp: Tensor, b: Batch, entropy: Tensor) -> d
            "ratio/logr_seq_std": seq_std(logp - b.prox_logp, m)}
     if info.clip_high is not None and (blocked := info.clip_high & (m > 0)).any():
         out["clip/high_prob"] = p[blocked].mean().item()
+    if info.is_masked is not None and (dropped := info.is_masked & (m > 0)).any():
+        out["is/masked_neg_frac"] = (b.adv[dropped] < 0).float().mean().item()
     if b.ref_logp is not None:
         out["kl/ref_k3"] = _k3(b.ref_logp, logp, m)
     return out | loss_metrics(info, logp, m)

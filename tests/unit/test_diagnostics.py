@@ -59,6 +59,17 @@ def test_update_metrics_clip_fractions_and_drift():
     assert m["ratio/ess"] == pytest.approx(4.0**2 / (1.5**2 + 0.5**2 + 2) / 4)
 
 
+def test_the_share_of_masked_tokens_with_a_negative_advantage():
+    # three masked tokens, two with A < 0 (-0.5, -1.0) and one with A > 0 (0.5): 2/3; padding never counts
+    b = _batch([1.0, 0.0], [3, 2], T=3)
+    b.adv = torch.tensor([[0.5, -0.5, 0.5], [-1.0, 0.5, -2.0]]) * b.mask
+    masked = torch.tensor([[True, True, False], [True, False, True]])  # (1, 2) is padding
+    info = LossInfo(ratio=torch.ones(2, 3), is_masked=masked)
+    assert update_metrics(info, torch.zeros(2, 3), b, torch.ones(2, 3))["is/masked_neg_frac"] == pytest.approx(2 / 3)
+    none = LossInfo(ratio=torch.ones(2, 3), is_masked=masked & False)
+    assert "is/masked_neg_frac" not in update_metrics(none, torch.zeros(2, 3), b, torch.ones(2, 3))
+
+
 def test_the_anchor_probability_of_the_tokens_the_upper_clip_blocked():
     """DAPO's Fig. 3a as a metric: the mean π_prox of the up-clipped tokens, against all sampled tokens."""
     b = _batch([1.0, 0.0], [3, 2], T=3)
