@@ -352,6 +352,9 @@ def _validate(cfg: Config) -> None:
         _fail("grad_stats_batches", cfg.grad_stats_batches, "must be >= 3 (a variance and its jackknife need 3 batches)")
     if adv == "sppo" and cfg.reward_offset != 0:
         _fail("reward_offset", cfg.reward_offset, "must be 0 with adv='sppo' (its critic predicts a success probability)")
+    if adv == "sppo" and cfg.overlong_buffer:
+        _fail("overlong_buffer", cfg.overlong_buffer, "must be 0 with adv='sppo': the overlong punishment makes rewards "
+              "other than 0 and 1, and the prompt critic's BCE needs 0/1 rewards")
     if cfg.dynamic_sampling and cfg.G < 2:
         _fail("dynamic_sampling", True, "needs G >= 2 (it drops groups whose answers are all right or all wrong)")
     from xxpo_lab.tasks import DEFAULT_DIFFICULTY

@@ -25,6 +25,7 @@ from xxpo_lab.loop import (
     loss_of,
     prepare,
     setup,
+    training_step,
 )
 from xxpo_lab.policy import pick_device, token_logp
 
@@ -43,6 +44,83 @@ def fit_critic(state: State, steps: int, seed: int) -> float:
         critic_update(state, b)
     state.samples = samples_before
     return sum(explained[-10:]) / len(explained[-10:])
+
+
+def trained_state(cfg: Config, seed: int, steps: int) -> State:
+    """The state of run `cfg` (seed `seed`) after its first `steps` training steps, critic included: the
+    same steps `train` takes, for measurements of a policy or critic in the middle of training."""
+    state = setup(resolve(sized(replace(cfg, seed=seed))), pick_device())
+    for step in range(steps):  # evaluation is left out: it has its own generator and changes nothing here
+        state.rows.append(training_step(state, step))
+    return state
+
+
+def critic_by_position(run, batches: int = 4, seed: int = 0) -> pd.DataFrame:
+    """What a finished run's critic knows, token by token: sample `batches` fresh batches with the run's final
+    policy and read its final critic's prediction of each response's outcome R.
+
+    A token critic (adv='gae') gives one row per valid token: V(s_t) at position t predicts the return, which
+    with gamma = 1 and no KL in the reward is R at every t. A prompt critic (adv='sppo') gives one row per
+    response, t = -1 (it reads the prompt only), value σ(V(x)). Columns: batch, row, t, value, reward.
+    run: a History or a run key (`compare`'s 'key' column). Cached like a run. Book: ch. 8."""
+    from xxpo_lab.runs import cached_table, final_state
+
+    key = run if isinstance(run, str) else run.attrs["key"]
+
+    def compute() -> pd.DataFrame:
+        state = final_state(key)
+        rng, gen = random.Random(seed), torch.Generator(device=state.device).manual_seed(seed)
+        parts = []
+        for i in range(batches):
+            b, _ = collect(state, state.policy, 0, rng, gen, {})
+            with torch.no_grad():
+                values = state.critic(b.prompt_ids, b.prompt_mask, b.resp_ids)
+            if values.dim() == 1:  # the prompt critic: one logit per response's prompt
+                rows, t, value = torch.arange(b.B), torch.full((b.B,), -1), torch.sigmoid(values)
+            else:
+                rows, t = b.mask.nonzero(as_tuple=True)
+                value = values[rows, t]
+            parts.append(pd.DataFrame({"batch": i, "row": rows.numpy(), "t": t.numpy(),
+                                       "value": value.cpu().numpy(), "reward": b.reward[rows].cpu().numpy()}))
+        return pd.concat(parts, ignore_index=True)
+
+    return cached_table("critic-by-position", {"run": key, "batches": batches, "seed": seed}, compute,
+                        code=[critic_by_position, final_state])
+
+
+def critic_calibration(run, n_prompts: int = 128, n_samples: int = 32, seed: int = 0) -> pd.DataFrame:
+    """A finished run's prompt critic against each prompt's pass rate under its final policy: for `n_prompts`
+    held-out prompts, σ(V(x)) and `n_samples` responses sampled at the training temperature. One row per
+    prompt: prompt, the length of its answer, predicted, right (responses answered correctly) and
+    n_samples; right / n_samples estimates the pass rate p(x) with variance p(1 - p)/n_samples.
+    run: a History or a run key of a run with adv='sppo'. Cached like a run. Book: ch. 8."""
+    from xxpo_lab.policy import encode_prompts
+    from xxpo_lab.rollout import sample, score
+    from xxpo_lab.runs import cached_table, final_state
+
+    key = run if isinstance(run, str) else run.attrs["key"]
+
+    def compute() -> pd.DataFrame:
+        state = final_state(key)
+        if state.critic is None or state.critic.kind != "prompt":
+            raise ValueError(f"run {key} has adv={state.cfg.adv!r}: calibration needs a prompt critic (adv='sppo')")
+        cfg, tok = state.cfg, state.tokenizer
+        problems = state.task.eval_set(n_prompts)
+        gen = torch.Generator(device=state.device).manual_seed(seed)
+        prompt_ids, prompt_mask = encode_prompts(tok, problems, state.device)
+        with torch.no_grad():
+            predicted = torch.sigmoid(state.critic(prompt_ids, prompt_mask, prompt_ids[:, :0]))  # [n_prompts]
+        ids, mask = prompt_ids.repeat_interleave(n_samples, 0), prompt_mask.repeat_interleave(n_samples, 0)
+        resp, _, _, lengths, truncated = sample(state.policy, ids, mask, cfg.T_max, cfg.temperature, gen,
+                                                tok.eos_token_id, tok.pad_token_id)
+        repeated = [p for p in problems for _ in range(n_samples)]
+        right = score(state.task, tok, repeated, resp, lengths, truncated).view(n_prompts, n_samples).sum(-1)
+        return pd.DataFrame({"prompt": [p.prompt for p in problems], "length": [len(p.solution) for p in problems],
+                             "predicted": predicted.cpu().numpy(), "right": right.cpu().numpy(),
+                             "n_samples": n_samples})
+
+    return cached_table("critic-calibration", {"run": key, "n_prompts": n_prompts, "n_samples": n_samples,
+                                               "seed": seed}, compute, code=[critic_calibration, final_state])
 
 
 def measure_gradients(cfg: Config, seed: int = 0, critic_steps: int = 0, device: str | None = None) -> dict:
@@ -212,14 +290,12 @@ def stale_tokens(cfg: Config, seed: int = 0, at_step: int = 10) -> pd.DataFrame:
     run. Book: ch. 6."""
     from xxpo_lab.batch import group_rows
     from xxpo_lab.config import to_dict
-    from xxpo_lab.loop import behaviour_policy, training_step, update
+    from xxpo_lab.loop import behaviour_policy, update
     from xxpo_lab.runs import cached_table
 
     def compute() -> pd.DataFrame:
-        run_cfg = resolve(sized(replace(cfg, seed=seed)))
-        state = setup(run_cfg, pick_device())
-        for step in range(at_step):
-            training_step(state, step)
+        state = trained_state(cfg, seed, at_step)
+        run_cfg = state.cfg
         version, behav = behaviour_policy(state, at_step)
         b, _ = collect(state, behav, version, state.rng, state.gen, {})
         b.version_gap = at_step + 1 - b.version
@@ -237,4 +313,4 @@ def stale_tokens(cfg: Config, seed: int = 0, at_step: int = 10) -> pd.DataFrame:
                              "prox_logp": b.prox_logp[rows, t].numpy(), "logp": logp[rows, t].numpy()})
 
     return cached_table("stale-tokens", {"config": to_dict(cfg), "seed": seed, "at_step": at_step}, compute,
-                        code=[stale_tokens])
+                        code=[stale_tokens, trained_state])

@@ -82,7 +82,9 @@ def train(cfg: Config, *, progress: bool | None = None, cache: bool = True, devi
             bar.close()
     hist = history(state, key)
     if cache:
-        save_run(key, hist, {k: v.detach().cpu() for k, v in state.policy.state_dict().items()})
+        weights = [None if m is None else {k: v.detach().cpu() for k, v in m.state_dict().items()}
+                   for m in (state.policy, state.critic)]
+        save_run(key, hist, *weights)
     return hist
 
 
@@ -115,11 +117,11 @@ def _paths(key: str) -> tuple[Path, Path]:
     return root / f"{key}.parquet", root / f"{key}.json"
 
 
-def save_run(key: str, hist: History, policy_state: dict | None = None) -> None:
-    """Store a finished run: its table, its attrs and (optionally) the final policy weights."""
+def save_run(key: str, hist: History, policy_state: dict | None = None, critic_state: dict | None = None) -> None:
+    """Store a finished run: its table, its attrs and (optionally) the final policy and critic weights."""
     table, meta = _paths(key)
     if policy_state is not None:
-        save_torch({"meta": {"key": key}, "policy": policy_state}, table.with_suffix(".pt"))
+        save_torch({"meta": {"key": key}, "policy": policy_state, "critic": critic_state}, table.with_suffix(".pt"))
     atomic_write(table, lambda tmp: hist.to_parquet(tmp, index=False))
     atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps(hist.attrs, default=str)))
 
@@ -140,6 +142,28 @@ def load_policy(run, device=None):
     model, tokenizer, _ = make_policy(from_dict(attrs["config"]), device)
     model.load_state_dict(saved["policy"])
     return model, tokenizer
+
+
+def final_state(run, device=None) -> loop.State:
+    """A run's setup with its final policy and critic weights loaded (not its optimizer state or random
+    streams): to measure what a finished run's policy and critic do. Book: ch. 8.
+
+    run: a History (uses its attrs) or a run key (the 'key' column of `compare`'s table).
+    """
+    key = run if isinstance(run, str) else run.attrs["key"]
+    table, meta = _paths(key)
+    path = table.with_suffix(".pt")
+    if not path.exists() or not meta.exists():
+        raise StoreError(f"no final weights stored for run {key} ({path}): train it with cache=True")
+    saved = load_torch(path, "final weights")
+    check_meta(saved.get("meta", {}), {"key": key}, path, "final weights")
+    state = loop.setup(from_dict(json.loads(meta.read_text())["config"]), pick_device(device))
+    state.policy.load_state_dict(saved["policy"])
+    if state.critic is not None:
+        if saved.get("critic") is None:
+            raise StoreError(f"run {key} stored no critic weights ({path}): delete it and train it again")
+        state.critic.load_state_dict(saved["critic"])
+    return state
 
 
 def load_run(key: str) -> History | None:
@@ -261,5 +285,5 @@ def cached_table(kind: str, payload: dict, compute: Callable[[], pd.DataFrame], 
     return table
 
 
-__all__ = ["History", "StoreError", "cached_table", "compare", "history", "load_policy", "load_run", "parallel_map",
+__all__ = ["History", "StoreError", "cached_table", "compare", "final_state", "history", "load_policy", "load_run", "parallel_map",
            "run_key", "run_many", "save_run", "train"]

@@ -85,6 +85,17 @@ def reached(table: pd.DataFrame, run, within, x: str = "time/elapsed", metric: s
     return pd.Series(out, name=metric).rename_axis("seed")
 
 
+def first_reached(table: pd.DataFrame, target: float, x: str = "eval/samples", metric: str = "eval/accuracy",
+                  by: str = "run") -> pd.DataFrame:
+    """Per run and seed, the first `x` (samples, or training seconds with x='time/elapsed') at which `metric`
+    reached `target`: the cost to a target accuracy. NaN where a run never reached it. One row per run, one
+    column per seed. Book: ch. 8."""
+    logged = table.dropna(subset=[metric]).sort_values(x)
+    hit = logged[logged[metric] >= target].groupby([by, "seed"])[x].first()
+    runs = logged.groupby([by, "seed"])[x].first().index
+    return hit.reindex(runs).unstack("seed")
+
+
 def updates(table: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
     """The metrics logged per update of a step ('kl/k3@u7': update 7) as a long table: one row per run,
     seed, step and `update` (0 .. K-1), one column per metric (default: all of them)."""

@@ -80,6 +80,16 @@ def test_win_rate_golden_values():
     check(per_seq(adv, ONE_GROUP), [0.5, -1 / 6, -1 / 6, -1 / 6])
 
 
+@pytest.mark.parametrize("rewards", [[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
+def test_win_rate_is_the_centred_reward_scaled_for_0_1_rewards(rewards):
+    # k right of G: a right answer beats G - k and ties k - 1, P̂ - ½ = (G - k)/(2(G - 1)) = G/(2(G - 1))·(1 - k/G);
+    # a wrong one ties G - k - 1, P̂ - ½ = -k/(2(G - 1)) = G/(2(G - 1))·(0 - k/G). Ch. 8 uses this identity.
+    b = make_batch(rewards, lengths=[2, 1, 3, 2], T=3)
+    adv, _ = win_rate(b, CFG)
+    centred, _ = group_center(b, CFG)
+    check(adv, 4 / (2 * 3) * centred)
+
+
 @pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo", "win_rate"])
 def test_group_with_all_equal_rewards_gets_zero_advantage(name):
     b = make_batch([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0], lengths=[2, 3, 1, 2, 3, 3, 1, 2], T=3)

@@ -41,6 +41,11 @@ from xxpo_lab.tasks import TASKS
     ({"task": "addition", "difficulty": 9}, r"Config.difficulty = 9 .* 'addition'.* \[1, 6\]"),
     ({"loss": "sppo", "reward_offset": 1.0}, r"^Config.reward_offset = 1.0 is not allowed: must be 0 with "
      r"adv='sppo' \(its critic predicts a success probability\)$"),
+    ({"loss": "sppo", "G": 1, "overlong_buffer": 2}, r"^Config.overlong_buffer = 2 is not allowed: must be 0 with "
+     r"adv='sppo': .* the prompt critic's BCE needs 0/1 rewards$"),
+    ({"loss": "grpo", "G": 1}, r"^Config.G = 1 is not allowed: must be >= 2 with the group baseline adv = 'grpo'"),
+    ({"loss": "sapo", "tau_neg": 0.0}, r"^Config.tau_neg = 0.0 is not allowed: must be > 0"),
+    ({"loss": "sapo", "tau_pos": -1.0}, r"^Config.tau_pos = -1.0 is not allowed: must be > 0"),
     # types: every field holds its annotated type, floats are finite
     ({"beta": float("nan")}, r"Config.beta = nan .* must be a finite float"),
     ({"weight_decay": float("nan")}, r"Config.weight_decay = nan"),

@@ -7,7 +7,7 @@ import pytest
 
 from xxpo_lab import compare, summary, updates
 from xxpo_lab.interactive import glue_table, slug
-from xxpo_lab.tables import by_seed, group_counts, per_seed, reached, where, wins
+from xxpo_lab.tables import by_seed, first_reached, group_counts, per_seed, reached, where, wins
 
 MEM = {"mem/policy_params_mb": 1.0, "mem/policy_optim_mb": 2.0, "mem/critic_params_mb": 0.0,
        "mem/critic_optim_mb": 0.0, "mem/peak_mb": 100.0}
@@ -83,6 +83,15 @@ def test_reached_is_what_one_run_logged_within_another_runs_budget(table):
     # fast ends at elapsed 3: slow has logged steps 0 and 1 (elapsed 0, 2) -> 0.6
     assert reached(both, "slow", within="fast").tolist() == pytest.approx([0.6, 0.61])
     assert reached(both, "slow", within="fast", x="step").tolist() == pytest.approx([0.7, 0.71])
+
+
+def test_first_reached_is_the_cost_to_a_target(table):
+    # run a: accuracy 0.5, 0.6, 0.4, 0.7 at samples 8, 16, 24, 32 (seed 1: +0.01); b is 0.1 lower
+    cost = first_reached(table, 0.6, x="samples")
+    assert cost.loc["a K=2"].tolist() == [16, 16]  # reached at step 1, and the dip after it does not count
+    assert cost.loc["b K=2"].tolist() == [32, 32]  # 0.5 at step 1 is short: b needs step 3 (0.6, 0.61)
+    assert first_reached(table, 0.65, x="samples").loc["b K=2"].isna().all()  # b never reaches 0.65
+    assert first_reached(table, 0.55, x="step").loc["a K=2"].tolist() == [1, 1]
 
 
 def test_updates_and_group_counts_are_long_tables(table):
