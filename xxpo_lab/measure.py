@@ -1,10 +1,12 @@
 """Measurements at fixed parameters, outside training: gradient statistics, critic fitting, score norms,
-the token ratios of a reused batch, what sampler noise does to a loss's gradient, and the three policies
-of a stale batch.
+the token ratios of a reused batch, what sampler noise does to a loss's gradient, the three policies
+of a stale batch, and what a finished run's critic knows.
 
-These answer chapter 2's questions about a policy as it is (the warm start, or any saved policy):
-how noisy is the policy-gradient estimate under each baseline, and why. They reuse the training
-loop's own collection and loss code, with their own seeded randomness. Book: ch. 2.
+These answer the chapters' questions about a policy as it is (the warm start, a finished run, or the
+state after some steps): how noisy is the policy-gradient estimate under each baseline and why (ch. 2),
+what the ratios and policies of a reused or stale batch are (ch. 5-7), how well a critic predicts the
+outcome (ch. 8). They reuse the training loop's own collection and loss code, with their own seeded
+randomness.
 """
 
 from __future__ import annotations
