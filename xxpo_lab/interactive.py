@@ -79,8 +79,13 @@ def check(claim: str, holds) -> None:
 
 def glue_range(name: str, values, fmt: str = "") -> None:
     """Glue the lowest and the highest of `values` (one per seed) as name_min and name_max, for a prose range
-    such as {glue:text}`name_min`–{glue:text}`name_max`."""
+    such as {glue:text}`name_min`–{glue:text}`name_max`. Missing values (NaN: a target never reached) are
+    left out; when every value is missing, both read "none"."""
     values = np.asarray(values, dtype=float)
+    if np.isnan(values).all():
+        glue(f"{name}_min", "none")
+        glue(f"{name}_max", "none")
+        return
     glue(f"{name}_min", float(np.nanmin(values)), fmt)
     glue(f"{name}_max", float(np.nanmax(values)), fmt)
 

@@ -113,6 +113,18 @@ def test_glue_table_names_and_ranges(table, monkeypatch):
     assert slug("PPO (critic + GAE)") == "PPO_critic_GAE" and slug("Dr. GRPO") == "Dr_GRPO"
 
 
+def test_glue_range_leaves_out_missing_values_and_says_none_when_all_are(monkeypatch, recwarn):
+    from xxpo_lab.interactive import glue_range
+
+    glued = {}
+    monkeypatch.setattr("xxpo_lab.interactive.glue", lambda name, value, fmt="": glued.update({name: format(value, fmt)}))
+    glue_range("cost", [float("nan"), 7680.0, 6400.0], ".0f")  # one seed never reached the target
+    assert (glued["cost_min"], glued["cost_max"]) == ("6400", "7680")
+    glue_range("never", [float("nan"), float("nan")], ".0f")
+    assert (glued["never_min"], glued["never_max"]) == ("none", "none")
+    assert not recwarn.list  # no RuntimeWarning printed into a page
+
+
 def test_compare_adds_the_loss_and_every_varying_field_as_columns(tiny):
     table = compare({"one": replace(tiny, steps=2), "two": replace(tiny, steps=2, epochs=2, lr=1e-3)},
                     seeds=[0], progress=False)
