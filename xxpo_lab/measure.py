@@ -214,9 +214,10 @@ def reuse_one_batch(cfg: Config, seed: int = 0, device: str | None = None):
 
 def token_ratios(cfg: Config, seed: int = 0) -> pd.DataFrame:
     """The per-token log-ratios log r = log π_θ - log π_prox of one batch reused cfg.epochs times
-    (`reuse_one_batch`): one row per (update, response, valid token) with the response's length, advantage
-    and correctness, so a chapter can set each response's token ratios beside its sequence ratio
-    s_i = exp(mean_t log r). Cached like a run. Book: ch. 5."""
+    (`reuse_one_batch`): one row per (update, response, valid token) with the token's log π_prox, the
+    response's length, advantage and correctness, so a chapter can set each response's token ratios beside
+    its sequence ratio s_i = exp(mean_t log r), or find where the tokens a loss stops pushing are. Cached
+    like a run. Book: ch. 5, 9."""
     from xxpo_lab.config import to_dict
     from xxpo_lab.runs import cached_table
 
@@ -225,6 +226,7 @@ def token_ratios(cfg: Config, seed: int = 0) -> pd.DataFrame:
         rows, t = b.mask.nonzero(as_tuple=True)  # the valid tokens, in row order
         parts = [pd.DataFrame({"update": u, "row": rows.numpy(), "t": t.numpy(),
                                "log_r": (logp - b.prox_logp)[rows, t].numpy(),
+                               "prox_logp": b.prox_logp[rows, t].numpy(),
                                "length": b.lengths[rows].numpy(), "adv": b.adv[rows, t].numpy(),
                                "correct": b.correct[rows].numpy()})
                  for u, logp in enumerate(logps)]
@@ -316,3 +318,56 @@ def stale_tokens(cfg: Config, seed: int = 0, at_step: int = 10) -> pd.DataFrame:
 
     return cached_table("stale-tokens", {"config": to_dict(cfg), "seed": seed, "at_step": at_step}, compute,
                         code=[stale_tokens, trained_state])
+
+
+# -------------------------------------------------------------------------------------------------
+# SAPO (ch. 9)
+
+
+def entropy_by_sign(cfg: Config, seed: int = 0, batches: int = 4) -> pd.DataFrame:
+    """How an update on tokens of one advantage sign moves the policy's entropy, at the warm start.
+
+    For `batches` fresh batches: H = the mean next-token entropy over the batch's sampled positions, and
+    for the loss cfg.loss restricted to the tokens with A > 0, then to those with A < 0, the change of H
+    after one optimizer step on it (a fresh AdamW at cfg.lr, gradient clipped at cfg.max_grad_norm, as the
+    first update of a run takes it). SAPO's reason for tau_neg > tau_pos (arXiv 2511.20347): pushing a
+    sampled token down raises every other logit, a diffuse update that raises entropy. One row per batch
+    and sign: batch, sign ('A > 0' or 'A < 0'), entropy, tokens (in the restricted loss), dH (nats).
+    Cached like a run. Book: ch. 9."""
+    import copy
+
+    from xxpo_lab.config import to_dict
+    from xxpo_lab.runs import cached_table
+
+    def compute() -> pd.DataFrame:
+        state = setup(resolve(sized(cfg)), pick_device())
+        run_cfg = state.cfg
+        rng, gen = random.Random(seed), torch.Generator(device=state.device).manual_seed(seed)
+        rows = []
+        for i in range(batches):
+            b, _ = collect(state, state.policy, 0, rng, gen, {})
+            b.version_gap = torch.ones_like(b.version)
+            prepare(state, b, {}, recompute_prox=False)
+            H = mean_entropy(state.policy, b, run_cfg.temperature)
+            for sign, name in ((1.0, "A > 0"), (-1.0, "A < 0")):
+                keep = ((b.adv * sign > 0) & (b.mask > 0)).to(b.mask.dtype)  # [B, T]
+                policy = copy.deepcopy(state.policy)
+                opt = torch.optim.AdamW(policy.parameters(), lr=run_cfg.lr, weight_decay=run_cfg.weight_decay)
+                logp = token_logp(policy, b.prompt_ids, b.prompt_mask, b.resp_ids, run_cfg.temperature)
+                loss, _ = loss_of(run_cfg.loss, logp, replace(b, mask=keep), run_cfg)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), run_cfg.max_grad_norm)
+                opt.step()
+                rows.append({"batch": i, "sign": name, "entropy": H, "tokens": int(keep.sum()),
+                             "dH": mean_entropy(policy, b, run_cfg.temperature) - H})
+        return pd.DataFrame(rows)
+
+    return cached_table("entropy-by-sign", {"config": to_dict(cfg), "seed": seed, "batches": batches}, compute,
+                        code=[entropy_by_sign, mean_entropy])
+
+
+@torch.no_grad()
+def mean_entropy(policy, b, temperature: float) -> float:
+    """The policy's mean next-token entropy (nats) over the sampled positions of batch b."""
+    _, entropy = token_logp(policy, b.prompt_ids, b.prompt_mask, b.resp_ids, temperature, with_entropy=True)
+    return ((entropy * b.mask).sum() / b.mask.sum()).item()
