@@ -33,6 +33,7 @@ class Batch:
     version_gap: Tensor | None = None  # [B] long, A-3PO's d = version being produced - behaviour version
     values: Tensor | None = None  # [B, T] (token critic) or [B] (prompt critic), at sampling time
     value_target: Tensor | None = None  # what the critic regresses on: returns [B, T] or reward [B]
+    is_weight: Tensor | None = None  # [B, T] the mismatch correction π_prox/π_behav (is_mode), already folded into adv
     routes: Tensor | None = None  # [B, n_layer, L+T, k] long: experts the sampling policy chose (MoE policies)
 
     @classmethod

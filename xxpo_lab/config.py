@@ -143,6 +143,40 @@ class Config:
     behav_noise_corr: float = 0.0
     """Correlation of that noise between neighbouring tokens of a response, in [0, 1): 0 is i.i.d. per token; near 1 an
     offset that persists along the response (AR(1) with the same std at every token)."""
+    # ---------------------------------------------------------------- the sampler is not the trainer (ch. 10)
+    sampler_dtype: str = "float32"
+    """Precision of the sampler's copy of the policy: 'float32' (the trainer's), 'bfloat16', 'float16', or 'float8' (linear
+    weights rounded to float8 e4m3 with a scale per tensor, as FP8 rollout engines do). The trainer stays float32."""
+    top_p: float = 1.0
+    """The sampler draws from the smallest set of most likely tokens whose probability reaches top_p (1: off). The trainer
+    never applies it, so the sampler's log-prob of a kept token is higher by -log(kept mass)."""
+    top_k: int = 0
+    """The sampler draws from the top_k most likely tokens (0: off); the trainer never applies it."""
+    prox_source: str = "sampler"
+    """Where π_prox (PPO's π_old) comes from for losses that do not recompute it: 'sampler' (the log-probs the sampler
+    recorded: verl's bypass mode) or 'trainer' (one more forward pass of the trainer on the sampled tokens, before the
+    first update: verl's decoupled mode, TRL with vLLM)."""
+    is_mode: str = "none"
+    """Correction of the sampler/trainer mismatch, TRL's vllm_importance_sampling_mode: 'none', 'token_truncate' (TIS),
+    'token_mask' (MIS, IcePop), 'sequence_truncate', 'sequence_mask' (TRL's default). The weight π_prox/π_behav (a
+    product over the response for sequence modes) multiplies each token's loss. Needs prox_source='trainer'."""
+    is_clip_min: float | None = None
+    """Lower bound of the correction weight: truncate modes raise it to this, mask modes drop tokens below it (None: none)."""
+    is_clip_max: float | None = 3.0
+    """Upper bound of the correction weight (TRL's vllm_importance_sampling_clip_max, 3; verl's rollout_is_threshold, 2)."""
+    off_policy_mask: float | None = None
+    """DeepSeek-V3.2's off-policy sequence masking: at each update, drop responses with A < 0 whose mean
+    log(π_behav/π_θ) per token exceeds this δ (TRL's off_policy_mask_threshold). None: off."""
+    m2_threshold: float = 0.04
+    """M2PO: tokens with the largest (log π_θ/π_behav)² are masked until the batch's mean of it is at most this."""
+    vespo_k_pos: float = 2.0
+    """VESPO: shape k of the Gamma weight φ(W) = e^λ·W^k·e^(-λW) for responses with A >= 0 (TRL's vespo_k_pos)."""
+    vespo_lambda_pos: float = 3.0
+    """VESPO: rate λ of the Gamma weight for A >= 0 (TRL's vespo_lambda_pos)."""
+    vespo_k_neg: float = 3.0
+    """VESPO: shape k for A < 0 (TRL's vespo_k_neg)."""
+    vespo_lambda_neg: float = 2.0
+    """VESPO: rate λ for A < 0 (TRL's vespo_lambda_neg)."""
     # ---------------------------------------------------------------- DAPO's data tricks
     dynamic_sampling: bool = False
     """Drop groups whose answers are all right or all wrong (read from correctness, never from the shaped reward) and
@@ -357,6 +391,7 @@ def _validate(cfg: Config) -> None:
               "other than 0 and 1, and the prompt critic's BCE needs 0/1 rewards")
     if cfg.dynamic_sampling and cfg.G < 2:
         _fail("dynamic_sampling", True, "needs G >= 2 (it drops groups whose answers are all right or all wrong)")
+    _validate_mismatch(cfg, spec)
     from xxpo_lab.tasks import DEFAULT_DIFFICULTY
 
     difficulty = cfg.difficulty if cfg.difficulty is not None else DEFAULT_DIFFICULTY[cfg.task]
@@ -368,6 +403,53 @@ def _validate(cfg: Config) -> None:
     if cfg.T_max < need:
         _fail("T_max", cfg.T_max, f"must be >= {need}: {cfg.task} at difficulty {difficulty} has answers of up to "
               f"{task.max_answer_tokens} tokens plus EOS")
+
+
+def _validate_mismatch(cfg: Config, spec) -> None:
+    """The sampler/trainer options (ch. 10)."""
+    from xxpo_lab.mismatch import IS_MODES, SAMPLER_DTYPES
+
+    _one_of("sampler_dtype", cfg.sampler_dtype, SAMPLER_DTYPES)
+    _one_of("prox_source", cfg.prox_source, ("sampler", "trainer"))
+    _one_of("is_mode", cfg.is_mode, IS_MODES)
+    if not 0 < cfg.top_p <= 1:
+        _fail("top_p", cfg.top_p, "must be in (0, 1] (1 turns it off)")
+    if cfg.top_k < 0:
+        _fail("top_k", cfg.top_k, "must be >= 0 (0 turns it off)")
+    for name in ("m2_threshold", "vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg"):
+        if not getattr(cfg, name) > 0:
+            _fail(name, getattr(cfg, name), "must be > 0")
+    if cfg.off_policy_mask is not None and cfg.off_policy_mask < 0:
+        _fail("off_policy_mask", cfg.off_policy_mask, "must be >= 0 (or None to turn it off)")
+    lo, hi = cfg.is_clip_min, cfg.is_clip_max
+    if lo is not None and not lo > 0:
+        _fail("is_clip_min", lo, "must be > 0 (or None for no lower bound)")
+    if cfg.is_mode.endswith("truncate") and hi is not None and not hi > 1:
+        _fail("is_clip_max", hi, f"must be > 1 with is_mode = {cfg.is_mode!r}: a truncation threshold <= 1 would cut "
+              "every weight above it, the on-policy 1 included")
+    if lo is not None and hi is not None and not lo < hi:
+        _fail("is_clip_min", lo, f"must be < is_clip_max = {hi} (the band [is_clip_min, is_clip_max] keeps the weights "
+              "inside it)")
+    if cfg.is_mode.endswith("mask") and ((lo is not None and lo >= 1) or (hi is not None and hi <= 1)):
+        _fail("is_clip_min" if lo is not None and lo >= 1 else "is_clip_max", lo if lo is not None and lo >= 1 else hi,
+              "must leave 1 inside the band: a band without the on-policy weight 1 masks a sampler that agrees")
+    if cfg.is_mode != "none":
+        if cfg.prox_source != "trainer" and spec.prox != "recompute":
+            _fail("is_mode", cfg.is_mode, "needs prox_source='trainer': the weight π_prox/π_behav compares the trainer's "
+                  "log-probs with the sampler's, and with prox_source='sampler' they are the same numbers")
+        if spec.prox == "recompute" or spec.own_is or not spec.linear:
+            _fail("is_mode", cfg.is_mode, f"loss {cfg.loss!r} weights its tokens by the sampler's probabilities itself "
+                  "or is not linear in the advantage; use is_mode with one of: "
+                  + ", ".join(n for n, s in _losses().items() if s.linear and not s.own_is and s.prox != "recompute"))
+    if cfg.off_policy_mask is not None and not spec.linear:
+        _fail("off_policy_mask", cfg.off_policy_mask, f"loss {cfg.loss!r} is not linear in the advantage, so masking a "
+              "response by zeroing its advantage would change its loss, not drop it")
+
+
+def _losses() -> dict:
+    from xxpo_lab.losses import LOSSES
+
+    return LOSSES
 
 
 # -------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from xxpo_lab.batch import Batch
 from xxpo_lab.losses import LossInfo
+from xxpo_lab.mismatch import effective_sample_size
 
 GLOSSARY = {
     "step": "Training step (one batch of P·G sampled responses).",
@@ -65,10 +66,26 @@ GLOSSARY = {
     "prox/sandwich_frac": "A-3PO with measure_prox: share of tokens whose exact log π_prox lies between log π_behav and "
                           "log π_θ, where any interpolation between them can put it (ch. 7).",
     "is/weight_max": "Decoupled PPO / A-3PO: largest behaviour weight π_prox/π_behav.",
-    "is/masked_frac": "Decoupled PPO / A-3PO: share of tokens masked by behav_weight_cap.",
+    "is/masked_frac": "Decoupled PPO / A-3PO: share of tokens masked by behav_weight_cap. M2PO: share masked by its "
+                      "second-moment bound.",
     "is/masked_neg_frac": "Decoupled PPO / A-3PO with behav_weight_cap: share of the masked tokens whose advantage is "
                           "negative (tokens of worse-than-average responses); absent when none was masked (ch. 6).",
-    "is/capped_frac": "CISPO: share of tokens whose IS weight hit a bound (they keep their gradient).",
+    "is/capped_frac": "CISPO: share of tokens whose IS weight hit a bound (they keep their gradient). DPPO: share with "
+                      "r above its truncation 20.",
+    "is/zeroed_frac": "Mismatch correction (is_mode, mask modes): share of tokens whose weight π_prox/π_behav left the "
+                      "band [is_clip_min, is_clip_max], so their loss is dropped (for sequence modes: whole responses).",
+    "is/truncated_frac": "Mismatch correction (truncate modes): share of tokens whose weight was cut to a bound.",
+    "is/weight_mean": "Mismatch correction: mean weight on the tokens' loss (1 when sampler and trainer agree).",
+    "is/ess": "Mismatch correction: effective sample size of the weights, (Σw)²/(n·Σw²) over the n tokens (1: equal weights).",
+    "mismatch/abs_gap": "Sampler vs trainer: mean |log π_prox - log π_behav| per token, the trainer's log-prob of the sampled "
+                        "token against the sampler's (only when the trainer recomputes π_prox; staleness adds to it).",
+    "mismatch/max_gap": "Sampler vs trainer: largest |log π_prox - log π_behav| of the step's tokens.",
+    "mismatch/seq_abs_gap": "Sampler vs trainer: mean over responses of |Σ_t (log π_prox - log π_behav)|, the log of the "
+                            "sequence ratio the sequence modes use.",
+    "opm/masked_frac": "DeepSeek-V3.2 off-policy sequence mask: share of responses dropped at an update (A < 0 and mean "
+                       "log π_behav/π_θ per token above off_policy_mask).",
+    "phi/mean": "VESPO: mean Gamma weight φ(W) over tokens (1 on-policy).",
+    "phi/low_frac": "VESPO: share of tokens whose response's weight φ(W) is below 0.5.",
     "gate/mean": "SAPO: mean gradient weight of the soft gate (1 on-policy).",
     "gate/low_frac": "SAPO: share of tokens whose gate weight is below 0.5.",
     "loss/policy": "Policy loss (mean over the step's updates). Not a measure of progress: it starts near 0 on-policy.",
@@ -147,6 +164,26 @@ def update_metrics(info: LossInfo, logp: Tensor, b: Batch, entropy: Tensor) -> d
     return out | loss_metrics(info, logp, m)
 
 
+def mismatch_metrics(b: Batch, is_clip_min: float | None, is_clip_max: float | None) -> dict[str, float]:
+    """The gap between the trainer's π_prox and the sampler's log-probs on the step's tokens, when the trainer
+    recomputed π_prox, and what the mismatch correction (is_mode) did with it. Book: ch. 10."""
+    if b.prox_logp is b.behav_logp:
+        return {}
+    m = b.mask
+    gap = (b.prox_logp - b.behav_logp) * m  # [B, T]
+    out = {"mismatch/abs_gap": _mean(gap.abs(), m), "mismatch/max_gap": gap.abs().max().item(),
+           "mismatch/seq_abs_gap": gap.sum(-1).abs().mean().item()}
+    if b.is_weight is not None:
+        w = b.is_weight
+        at_bound = torch.zeros_like(m, dtype=torch.bool)
+        for bound in (is_clip_min, is_clip_max):
+            if bound is not None:
+                at_bound |= w == bound
+        out |= {"is/zeroed_frac": _frac(w == 0, m), "is/truncated_frac": _frac(at_bound, m),
+                "is/weight_mean": _mean(w, m), "is/ess": effective_sample_size(w, m).item()}
+    return out
+
+
 def prox_error(approx: Tensor, exact: Tensor, behav_logp: Tensor, logp: Tensor, mask: Tensor) -> dict[str, float]:
     """How far an interpolated anchor is from the exact one, and whether the exact one lies between the sampler
     and the current policy (the interpolation's premise). All [B, T] log-probs -> floats. Book: ch. 7."""
@@ -203,6 +240,7 @@ LOSS_INFO_METRICS = {
     "is_capped": lambda info, logp, m: {"is/capped_frac": _frac(info.is_capped, m)},
     "gate": lambda info, logp, m: {"gate/mean": _mean(info.gate, m), "gate/low_frac": _frac(info.gate < 0.5, m)},
     "prox_logp": lambda info, logp, m: {"kl/prox_k3": _k3(logp, info.prox_logp, m)},  # replaces the batch's anchor
+    "phi": lambda info, logp, m: {"phi/mean": _mean(info.phi, m), "phi/low_frac": _frac(info.phi < 0.5, m)},
 }
 """How each field of LossInfo becomes metrics: (info, detached logp, mask) -> {glossary name: float}. A test
 checks that every field has an entry and every name is in GLOSSARY, so nothing a loss reports is dropped."""

@@ -18,16 +18,17 @@ import resource
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from xxpo_lab import diagnostics as dg
 from xxpo_lab.advantages import CRITIC_KIND, get_advantage
 from xxpo_lab.batch import Batch, concat, group_rows
-from xxpo_lab.config import Config
+from xxpo_lab.config import Config, ConfigError
 from xxpo_lab.critic import make_critic, prompt_value_loss, value_loss
 from xxpo_lab.losses import LossInfo, get_loss
+from xxpo_lab.mismatch import is_weight, load_sampler, off_policy_sequence_mask, sampler_copy, supported_sampler_dtypes
 from xxpo_lab.moe import moe_blocks, route_drift, routing
 from xxpo_lab.policy import accuracy, encode_prompts, make_policy, token_logp
 from xxpo_lab.rollout import logp_noise, sample, score
@@ -56,6 +57,7 @@ class State:
     opt_critic: torch.optim.Optimizer | None = None
     ref: torch.nn.Module | None = None  # frozen copy of the warm start, when beta > 0
     behav: torch.nn.Module | None = None  # the sampler's copy, when staleness > 0
+    sampler: torch.nn.Module | None = None  # the sampler's copy in sampler_dtype, when it is not float32
     versions: deque = field(default_factory=deque)  # (version, weights) of recent policies, oldest first
     rng: random.Random = None  # prompts
     gen: torch.Generator = None  # sampling
@@ -105,6 +107,11 @@ def setup(cfg: Config, device: torch.device) -> State:
         state.ref = copy.deepcopy(policy).requires_grad_(False)
     if cfg.staleness > 0:
         state.behav = copy.deepcopy(policy).requires_grad_(False)
+    if cfg.sampler_dtype != "float32":
+        if cfg.sampler_dtype not in supported_sampler_dtypes(device):
+            raise ConfigError(f"Config.sampler_dtype = {cfg.sampler_dtype!r} is not supported on {device}: the "
+                              f"supported ones there are {', '.join(supported_sampler_dtypes(device))}")
+        state.sampler = sampler_copy(policy, cfg.sampler_dtype)
     return state
 
 
@@ -147,6 +154,7 @@ def training_step(state: State, step: int) -> dict:
     times["time/update"] = time.perf_counter() - t0
 
     row = {"step": step, "samples": state.samples} | dg.rollout_metrics(b, cfg.G) | {"data/kept_frac": kept_frac}
+    row |= dg.mismatch_metrics(b, cfg.is_clip_min, cfg.is_clip_max)
     if b.value_target is not None:
         row["value/explained_var"] = critic_explained_variance(b)
     row |= dg.reduce_updates(per_update)
@@ -159,15 +167,22 @@ def training_step(state: State, step: int) -> dict:
 
 def behaviour_policy(state: State, step: int) -> tuple[int, torch.nn.Module]:
     """(version, model) of the policy that samples step `step`: the current one, or with staleness d the
-    weights as they were at the start of step `step - d` (the initial weights before that)."""
-    if not state.cfg.staleness:
-        return step, state.policy
-    state.versions.append((step, {k: v.detach().clone() for k, v in state.policy.state_dict().items()}))
-    while len(state.versions) > state.cfg.staleness + 1:
-        state.versions.popleft()
-    version, weights = state.versions[0]
-    state.behav.load_state_dict(weights)
-    return version, state.behav
+    weights as they were at the start of step `step - d` (the initial weights before that); with a
+    sampler_dtype other than float32, those weights in the sampler's precision (ch. 10)."""
+    cfg = state.cfg
+    if not cfg.staleness:
+        version, behav = step, state.policy
+    else:
+        state.versions.append((step, {k: v.detach().clone() for k, v in state.policy.state_dict().items()}))
+        while len(state.versions) > cfg.staleness + 1:
+            state.versions.popleft()
+        version, weights = state.versions[0]
+        state.behav.load_state_dict(weights)
+        behav = state.behav
+    if state.sampler is not None:  # the same weights, sent to an engine that computes in another precision
+        load_sampler(state.sampler, behav.state_dict(), cfg.sampler_dtype)
+        behav = state.sampler
+    return version, behav
 
 
 def collect(state: State, behav, version: int, rng: random.Random, gen: torch.Generator,
@@ -188,7 +203,8 @@ def collect(state: State, behav, version: int, rng: random.Random, gen: torch.Ge
         prompt_ids, prompt_mask = (x.repeat_interleave(cfg.G, dim=0) for x in encode_prompts(tok, problems, state.device))
         t0 = time.perf_counter()
         resp, mask, behav_logp, lengths, truncated = sample(behav, prompt_ids, prompt_mask, cfg.T_max,
-                                                            cfg.temperature, gen, tok.eos_token_id, tok.pad_token_id)
+                                                            cfg.temperature, gen, tok.eos_token_id, tok.pad_token_id,
+                                                            top_p=cfg.top_p, top_k=cfg.top_k)
         width = int(lengths.max())  # drop columns that are padding in every row: the update need not see them
         resp, mask, behav_logp = resp[:, :width], mask[:, :width], behav_logp[:, :width]
         if cfg.behav_noise:  # a sampler that disagrees with the trainer (ch. 5)
@@ -253,19 +269,30 @@ def has_signal(correct: torch.Tensor, G: int) -> torch.Tensor:
 def prepare(state: State, b: Batch, times: dict, recompute_prox: bool | None = None) -> None:
     """Fill in what the losses read besides logp: ref_logp (KL), values (critic at sampling time), adv and
     value_target (`ADVANTAGES[cfg.adv]`), and prox_logp: the sampler's log-probs, or, for losses that
-    recompute it (decoupled PPO), an extra forward pass of the current policy, timed as time/prox.
-    `recompute_prox` overrides the loss's choice (gradient statistics measure the first update: no)."""
+    recompute it (decoupled PPO) and with prox_source='trainer', an extra forward pass of the current
+    policy, timed as time/prox. Then the mismatch correction (is_mode) weights each token's loss.
+    `recompute_prox` overrides the choice (gradient statistics measure the first update: no)."""
     cfg = state.cfg
     if state.ref is not None:
         b.ref_logp = token_logp(state.ref, b.prompt_ids, b.prompt_mask, b.resp_ids, cfg.temperature)
     if state.critic is not None:
         b.values = state.critic(b.prompt_ids, b.prompt_mask, b.resp_ids)
     b.adv, b.value_target = get_advantage(cfg.adv)(b, cfg)
-    recompute = get_loss(cfg.loss).prox == "recompute" if recompute_prox is None else recompute_prox
+    if recompute_prox is None:
+        recompute_prox = get_loss(cfg.loss).prox == "recompute" or cfg.prox_source == "trainer"
+    recompute = recompute_prox
     t0 = time.perf_counter()
     b.prox_logp = (token_logp(state.policy, b.prompt_ids, b.prompt_mask, b.resp_ids, cfg.temperature)
                    if recompute else b.behav_logp)
     times["time/prox"] = time.perf_counter() - t0 if recompute else 0.0
+    if recompute and not torch.isfinite(b.behav_logp[b.mask > 0]).all():
+        raise NonFiniteError(f"mismatch/abs_gap: the sampler ({cfg.sampler_dtype}) recorded a non-finite log-prob; "
+                             "the run stops here (the last checkpoint, if any, is intact)")
+    if cfg.is_mode != "none" and recompute:
+        # ALGO: the weight on each token's loss; every loss that allows is_mode is linear in A (Loss.linear), so
+        # weighting A is weighting the loss, exactly as TRL's per_token_loss * importance_sampling_ratio
+        b.is_weight = is_weight(b.prox_logp, b.behav_logp, b.mask, cfg.is_mode, cfg.is_clip_min, cfg.is_clip_max)
+        b.adv = b.adv * b.is_weight
     if cfg.measure_prox:  # A-3PO: the anchor it approximates, for the error metric only
         t0 = time.perf_counter()
         b.exact_prox_logp = token_logp(state.policy, b.prompt_ids, b.prompt_mask, b.resp_ids, cfg.temperature)
@@ -283,6 +310,11 @@ def update(state: State, mb: Batch, step: int) -> dict:
     with routing(state.policy, mb.routes if cfg.routing_replay else None) as chosen:  # MoE: Routing Replay
         logp, entropy = token_logp(state.policy, mb.prompt_ids, mb.prompt_mask, mb.resp_ids, cfg.temperature,
                                    with_entropy=True)
+    dropped = {}
+    if cfg.off_policy_mask is not None:  # ALGO: DeepSeek-V3.2 drops drifted negative responses, update by update
+        keep = off_policy_sequence_mask(mb.adv, logp, mb.behav_logp, mb.mask, cfg.off_policy_mask)  # [B, 1]
+        mb = replace(mb, adv=mb.adv * keep)
+        dropped = {"opm/masked_frac": 1.0 - keep.mean().item()}
     loss, info = loss_of(cfg.loss, logp, mb, cfg)
     state.opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -293,6 +325,7 @@ def update(state: State, mb: Batch, step: int) -> dict:
                                  f"if any, is intact). Lower lr or check the loss settings.")
     state.opt.step()
     metrics = dg.update_metrics(info, logp, mb, entropy) | {"loss/policy": loss.item(), "grad/norm": grad_norm.item()}
+    metrics |= dropped
     if mb.exact_prox_logp is not None:
         metrics |= dg.prox_error(info.prox_logp, mb.exact_prox_logp, mb.behav_logp, logp, mb.mask)
     if chosen:  # the experts the router would pick now against those it picked at sampling

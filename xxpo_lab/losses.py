@@ -10,6 +10,7 @@ the bottom uses TRL's `loss_type` spelling where one exists.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 
@@ -27,6 +28,7 @@ from xxpo_lab.blocks import (
     token_ratio,
 )
 from xxpo_lab.config import Config
+from xxpo_lab.mismatch import m2_keep
 
 # -------------------------------------------------------------------------------------------------
 # the contract
@@ -58,6 +60,8 @@ class LossInfo:
     """SAPO's gradient weight of the soft gate (1 at r = 1)."""
     prox_logp: Tensor | None = None
     """The anchor the loss built itself (A-3PO's interpolation), if not b.prox_logp."""
+    phi: Tensor | None = None
+    """VESPO's Gamma weight φ(W) of each response's sequence ratio W, broadcast along T."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -380,6 +384,106 @@ def cispo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
 
 
 # -------------------------------------------------------------------------------------------------
+# trust regions by divergence, and losses for very stale data (ch. 10)
+
+DPPO_RATIO_CAP = 20.0
+"""DPPO's truncation C of the detached ratio (verl's `clip_ratio_c` for dppo_*, its default 20; paper §5.4)."""
+
+
+def _dppo(logp: Tensor, b: Batch, up_ok: Tensor, down_ok: Tensor) -> tuple[Tensor, LossInfo]:
+    """The DPPO surrogate, given where a token may still move up (A > 0) and down (A < 0):
+    ℓ = -sg(min(r, C))·A·logp·M, M = up_ok where A > 0 and down_ok elsewhere, token-mean."""
+    r = token_ratio(logp, b.prox_logp)
+    up_ok, down_ok = up_ok.detach(), down_ok.detach()
+    keep = torch.where(b.adv > 0, up_ok, down_ok)
+    loss_bt = -torch.clamp(r, max=DPPO_RATIO_CAP).detach() * b.adv * logp * keep
+    info = LossInfo(
+        ratio=r.detach(),
+        clip_low=(b.adv < 0) & ~down_ok,
+        clip_high=(b.adv > 0) & ~up_ok,
+        out_of_band=~(up_ok & down_ok),
+        is_capped=(r > DPPO_RATIO_CAP).detach(),
+    )
+    return loss_bt, info
+
+
+def dppo_tv(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
+    """DPPO-Binary-TV (Qi et al., arXiv 2602.04879): the trust region bounds how far the sampled token's
+    probability moved, p - p_prox, not the ratio p/p_prox.
+
+    A token with A > 0 stops being pushed once p - p_prox > eps_high; one with A < 0 once
+    p - p_prox < -eps_low (defaults 0.15, the paper's δ). A rare token (p_prox = 0.001) may grow
+    a hundredfold; a likely one (0.95) may not drop to 0.75, which a ratio clip of 0.2 allows. The
+    gradient is sg(min(r, 20))·A·∇logp (r·A·∇logp, PPO's, inside the region). As verl's `dppo_tv`
+    with clip_ratio as δ and clip_ratio_c = 20.
+    """
+    _check(logp, b)
+    move = logp.detach().exp() - b.prox_logp.exp()  # [B, T]: p - p_prox
+    loss_bt, info = _dppo(logp, b, move <= cfg.eps_high, move >= -cfg.eps_low)
+    loss_bt = loss_bt + _kl(logp, b, cfg)
+    return aggregate(loss_bt, b.mask, "token-mean"), info
+
+
+def dppo_kl(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
+    """DPPO-Binary-KL (arXiv 2602.04879): as `dppo_tv`, with the binary KL between the token's old and new
+    Bernoulli (sampled or not) as the divergence:
+
+    D = p_prox·log(p_prox/p) + (1-p_prox)·log((1-p_prox)/(1-p)). A > 0 stops when p rose and D > eps_high;
+    A < 0 when p fell and D > eps_low (defaults 0.05). As verl's `dppo_kl` (with its 1e-8 in the logs).
+    """
+    _check(logp, b)
+    p, p_prox = logp.detach().exp(), b.prox_logp.exp()
+    binary_kl = p_prox * (b.prox_logp - logp.detach()) + (1 - p_prox) * torch.log(
+        (1.0 - p_prox + 1e-8) / (1.0 - p + 1e-8)
+    )
+    up_ok = (binary_kl <= cfg.eps_high) | (p <= p_prox)
+    down_ok = (binary_kl <= cfg.eps_low) | (p >= p_prox)
+    loss_bt, info = _dppo(logp, b, up_ok, down_ok)
+    loss_bt = loss_bt + _kl(logp, b, cfg)
+    return aggregate(loss_bt, b.mask, "token-mean"), info
+
+
+def vespo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
+    """VESPO (arXiv 2602.10693): REINFORCE weighted by a smooth kernel of the response's full IS ratio.
+
+    ℓ = -sg(φ(W))·A·logp, φ(W) = e^λ·W^k·e^(-λW) (1 at W = 1, its peak when k = λ, → 0 as W → 0 or ∞),
+    W = π_θ(y)/π_behav(y) = exp(Σ_t log r_t), the product over the response, against the sampler.
+    (k, λ) = (vespo_k_pos, vespo_lambda_pos) for A >= 0, (vespo_k_neg, vespo_lambda_neg) for A < 0.
+    Token-mean. As TRL's `loss_type="vespo"` (its clamps included: log r to ±20, log W to
+    [log 1e-8, 20]).
+    """
+    _check(logp, b)
+    log_r = torch.clamp(logp.detach() - b.behav_logp, -20.0, 20.0)
+    log_w = (log_r * b.mask).sum(-1, keepdim=True)  # [B, 1]: log W, the whole response
+    log_w = torch.clamp(log_w, math.log(1e-8), 20.0)
+    nonneg = b.adv >= 0
+    k = torch.where(nonneg, cfg.vespo_k_pos, cfg.vespo_k_neg)
+    lam = torch.where(nonneg, cfg.vespo_lambda_pos, cfg.vespo_lambda_neg)
+    phi = torch.exp(lam + k * log_w - lam * torch.exp(log_w))  # [B, T]: φ(W) = e^λ·W^k·e^(-λW)
+    phi = phi.nan_to_num(0.0, 0.0, 0.0)
+    loss_bt = -phi * b.adv * logp
+    info = LossInfo(ratio=torch.exp(log_w).expand_as(logp), phi=phi)
+    loss_bt = loss_bt + _kl(logp, b, cfg)
+    return aggregate(loss_bt, b.mask, "token-mean"), info
+
+
+def m2po(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
+    """M2PO (Zheng et al., arXiv 2510.01161): no clip; a mask that bounds the batch's second moment.
+
+    ℓ = -M·r·A, token-mean, r = π_θ/π_prox; M = `mismatch.m2_keep` of log(π_θ/π_behav) at
+    cfg.m2_threshold (the paper's τ_M2 = 0.04): the fewest tokens whose removal brings the mean
+    (log r)² to the threshold. As AReaL's `actor.m2_threshold`.
+    """
+    _check(logp, b)
+    r = token_ratio(logp, b.prox_logp)
+    keep = m2_keep(logp.detach() - b.behav_logp, b.adv, b.mask, cfg.m2_threshold)
+    loss_bt = -r * b.adv * keep
+    info = LossInfo(ratio=r.detach(), is_masked=(~keep & (b.mask > 0)))
+    loss_bt = loss_bt + _kl(logp, b, cfg)
+    return aggregate(loss_bt, b.mask, "token-mean"), info
+
+
+# -------------------------------------------------------------------------------------------------
 # the other "SPPO": Self-Play Preference Optimization
 
 
@@ -422,6 +526,11 @@ class Loss:
     another is a ConfigError."""
     seq_adv: bool = False
     """The loss needs one advantage per sequence (it differentiates through a sequence ratio)."""
+    linear: bool = True
+    """Each token's loss is its advantage times a factor that depends only on the sign of the advantage, so a weight
+    w >= 0 on the token's loss is the same as the advantage w·A (how `is_mode` and `off_policy_mask` act; ch. 10)."""
+    own_is: bool = False
+    """The loss measures its ratio against the sampler's log-probs itself (VESPO, M2PO): no `is_mode` on top."""
 
 
 DUAL = ("dual_clip_c",)
@@ -511,11 +620,34 @@ LOSSES = {
         gmpo,
         "GMPO: geometric mean of token ratios, per-token log-space clip (0.4)",
         {"adv": "grpo", "eps_low": 0.4, "eps_high": 0.4},
+        linear=False,
     ),
     "self_play_po": Loss(
         self_play_po,
         "Self-Play Preference Optimization: squared log-ratio regression onto win rate",
         {"adv": "win_rate"},
+        linear=False,
+    ),
+    "dppo_tv": Loss(
+        dppo_tv,
+        "DPPO-Binary-TV: trust region on p - p_prox (0.15), not on the ratio",
+        {"adv": "grpo", "eps_low": 0.15, "eps_high": 0.15},
+    ),
+    "dppo_kl": Loss(
+        dppo_kl,
+        "DPPO-Binary-KL: trust region on the binary KL of the token (0.05)",
+        {"adv": "grpo", "eps_low": 0.05, "eps_high": 0.05},
+    ),
+    "vespo": Loss(
+        vespo,
+        "VESPO: REINFORCE weighted by a Gamma kernel of the response's IS ratio to the sampler",
+        {"adv": "grpo"},
+        own_is=True,
+    ),
+    "m2po": Loss(
+        m2po,
+        "M2PO: no clip; mask the fewest tokens that bound the batch's mean (log r)^2 (0.04)",
+        {"adv": "grpo"},
     ),
 }
 

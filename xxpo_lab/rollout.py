@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from xxpo_lab.mismatch import filter_logp
 from xxpo_lab.tasks import Problem, Task
 
 
@@ -21,11 +22,13 @@ def positions(attention_mask: Tensor) -> Tensor:
 
 @torch.no_grad()
 def sample(model, prompt_ids: Tensor, prompt_mask: Tensor, T: int, temperature: float, gen: torch.Generator,
-           eos_id: int, pad_id: int, lean: bool = True):
+           eos_id: int, pad_id: int, lean: bool = True, top_p: float = 1.0, top_k: int = 0):
     """Sample one response per prompt row, up to T tokens, stopping at EOS.
 
     Args: prompt_ids, prompt_mask [B, L] (left-padded); T the maximum response length; lean=False forces
-    the transformers forward instead of `Gpt2Decoder` (a test checks they sample the same tokens).
+    the transformers forward instead of `Gpt2Decoder` (a test checks they sample the same tokens);
+    top_p, top_k: the sampler draws from the filtered distribution (`mismatch.filter_logp`) and records
+    its log-probs, which the trainer's do not match (ch. 10).
     Returns: resp_ids [B, T] (pad after EOS), mask [B, T] float (1 on generated tokens incl. EOS),
     behav_logp [B, T] (0 on padding), lengths [B] long, truncated [B] bool (no EOS within T).
     """
@@ -40,7 +43,7 @@ def sample(model, prompt_ids: Tensor, prompt_mask: Tensor, T: int, temperature: 
     mask = torch.zeros(B, T, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(T):
-        step_logp = torch.log_softmax(logits.float() / temperature, dim=-1)  # [B, V]
+        step_logp = filter_logp(torch.log_softmax(logits.float() / temperature, dim=-1), top_p, top_k)  # [B, V]
         token = torch.multinomial(step_logp.exp(), 1, generator=gen).squeeze(-1)  # [B]
         alive = ~done
         resp[:, t] = torch.where(alive, token, pad_id)

@@ -179,6 +179,16 @@ OUT_OF_RANGE = {
     "overlong_buffer": (-1, GE_0), "overlong_penalty": (-1.0, GE_0), "eval_every": (0, INT_GE_1),
     "eval_prompts": (0, INT_GE_1), "grad_stats_every": (-1, GE_0),
     "grad_stats_batches": (2, "must be >= 3 (a variance and its jackknife need 3 batches)"), "seed": (-1, GE_0),
+    "sampler_dtype": ("int4", ONE_OF(["float32", "bfloat16", "float16", "float8"])),
+    "top_p": (0.0, "must be in (0, 1] (1 turns it off)"), "top_k": (-1, "must be >= 0 (0 turns it off)"),
+    "prox_source": ("engine", ONE_OF(["sampler", "trainer"])),
+    "is_mode": ("tis", ONE_OF(["none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"])),
+    "is_clip_min": (0.0, "must be > 0 (or None for no lower bound)"),
+    "is_clip_max": (1.0, "must be > 1 with is_mode = 'token_truncate': a truncation threshold <= 1 would cut every "
+                         "weight above it, the on-policy 1 included"),
+    "off_policy_mask": (-0.1, "must be >= 0 (or None to turn it off)"), "m2_threshold": (0.0, GT_0),
+    "vespo_k_pos": (0.0, GT_0), "vespo_lambda_pos": (0.0, GT_0), "vespo_k_neg": (-1.0, GT_0),
+    "vespo_lambda_neg": (0.0, GT_0),
 }
 FREE = {
     "reward_offset": "any finite shift of every reward is a valid experiment (chapter 2 uses 0 and 5)",
@@ -188,9 +198,10 @@ FREE = {
 }
 # The other side of a two-sided range, where a field has one.
 ABOVE_RANGE = {"top_k_experts": 9, "behav_noise_corr": 1.0, "warm_start_acc": 1.01, "demo_wrong_frac": 1.5, "gamma": 2.0, "lam": 1.5, "difficulty": 99,
-               "warm_start_min_steps": 4000, "overlong_buffer": 8, "minibatches": 3, "staleness": 200}
+               "warm_start_min_steps": 4000, "overlong_buffer": 8, "minibatches": 3, "staleness": 200, "top_p": 1.5}
 # A context that lets a switch be checked on its own (dual clip and the weight cap need a loss that reads them).
-CONTEXT = {"dual_clip_c": {"loss": "ppo"}, "behav_weight_cap": {"loss": "decoupled_ppo"}, "prox_interp": {"loss": "a3po"}}
+CONTEXT = {"dual_clip_c": {"loss": "ppo"}, "behav_weight_cap": {"loss": "decoupled_ppo"}, "prox_interp": {"loss": "a3po"},
+           "is_clip_max": {"is_mode": "token_truncate", "prox_source": "trainer"}}
 FIELDS = [f.name for f in fields(Config)]
 
 

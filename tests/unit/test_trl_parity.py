@@ -184,6 +184,7 @@ CASES = [
     Case("sapo", "sapo", "token", "seq-mean-token-mean"),  # TRL's defaults (TRL holds 1.05 in float32)
     Case("sapo", "sapo", "token", "seq-mean-token-mean", tau_pos=4.0, tau_neg=0.5),  # a swap would show
     Case("cispo", "cispo", "token", "token-mean", eps_low=1.0, eps_high=4.0),  # TRL cap 5.0, no lower bound
+    Case("vespo", "vespo", "token", "token-mean"),  # TRL's default k/λ; its W is against old = our sampler
 ]
 
 
@@ -282,7 +283,7 @@ def test_large_data_exercises_every_clip_branch():
 
 @pytest.mark.parametrize("beta", [0.0, BETA], ids=["no_kl", "kl"])
 @pytest.mark.parametrize("c", [3.0, 1.5])
-@pytest.mark.parametrize("case", [c for c in CASES if c.level == "token" and c.loss_type != "cispo"
+@pytest.mark.parametrize("case", [c for c in CASES if c.level == "token" and c.loss_type not in ("cispo", "vespo")
                                   and c.ours != "sapo"], ids=lambda c: c.id)
 def test_trl_delta_is_our_dual_clip(trainer, monkeypatch, case, c, beta):
     """TRL's two-sided clipping (`delta`, INTELLECT-2) clamps the ratio at delta before the min; for A < 0 and
@@ -354,3 +355,120 @@ def test_bias_corrected_kl_is_k3_times_ratio(trainer, monkeypatch, case, scale):
     assert (grad - trl_grad).abs().max() > 1e-5  # the gradients really differ, on-policy too
     if scale == "onpolicy":
         torch.testing.assert_close(loss, trl_loss, **TOL)
+
+
+# -------------------------------------------------------------------------------------------------
+# the sampler/trainer mismatch corrections (ch. 10): TRL's four modes and DeepSeek-V3.2's sequence mask
+
+
+def trl_is_ratio(mode: str, clip_min, clip_max, old: torch.Tensor, sampling: torch.Tensor, mask: torch.Tensor):
+    """TRL's own lines that turn (old, sampling) log-probs into `importance_sampling_ratio`: cut out of
+    `GRPOTrainer._generate_and_score_completions` (TRL 1.16.0) and executed as they are."""
+    import inspect
+    import math
+    import textwrap
+    from types import SimpleNamespace
+
+    src = inspect.getsource(trl.GRPOTrainer._generate_and_score_completions)
+    start = src.index("                mask = completion_mask if tool_mask is None else completion_mask * tool_mask")
+    end = src.index("            # Compute the per-token log probabilities for the reference model", start)
+    block = textwrap.dedent(src[start:end])
+    ns = {"torch": torch, "math": math, "completion_mask": mask, "tool_mask": None, "old_per_token_logps": old,
+          "sampling_per_token_logps": sampling,
+          "self": SimpleNamespace(vllm_importance_sampling_mode=mode, vllm_importance_sampling_clip_min=clip_min,
+                                  vllm_importance_sampling_clip_max=clip_max)}
+    exec(block, ns)  # noqa: S102: TRL's code, pinned by requirements.txt
+    return ns["vllm_importance_sampling_ratio"]
+
+
+IS_CASES = [("token_truncate", None, 2.0), ("token_truncate", 0.5, 3.0), ("token_mask", 0.5, 2.0),
+            ("token_mask", None, 3.0), ("sequence_truncate", None, 3.0), ("sequence_mask", None, 3.0),
+            ("sequence_mask", 0.5, 3.0)]
+
+
+@pytest.mark.parametrize("mode,clip_min,clip_max", IS_CASES)
+def test_is_weight_is_trls_importance_sampling_ratio(mode, clip_min, clip_max):
+    from xxpo_lab.mismatch import is_weight
+
+    d = make_data("large")
+    maskf = d.mask.to(DTYPE)
+    sampler = d.old + 0.8 * torch.randn(B, T, generator=torch.Generator().manual_seed(1), dtype=DTYPE)
+    theirs = trl_is_ratio(mode, clip_min, clip_max, d.old, sampler, d.mask)
+    ours = is_weight(d.old, sampler, maskf, mode, clip_min, clip_max)
+    torch.testing.assert_close(ours * maskf, theirs.expand_as(ours) * maskf, **TOL)
+    if mode.endswith("mask"):
+        assert ((ours == 0) & d.mask.bool()).any() and ((ours > 0) & d.mask.bool()).any()  # both kinds present
+    else:
+        assert (((ours == clip_max) | (ours == (clip_min or -1))) & d.mask.bool()).any()  # a bound binds
+
+
+@pytest.mark.parametrize("mode,clip_min,clip_max", IS_CASES[:1] + IS_CASES[2:3] + IS_CASES[5:6])
+@pytest.mark.parametrize("case", [c for c in CASES if c.ours not in ("vespo",)], ids=lambda c: c.id)
+def test_is_mode_weighting_the_advantage_is_trls_weighted_loss(trainer, monkeypatch, case, mode, clip_min, clip_max):
+    """Our loop multiplies the advantage by the correction weight (`loop.prepare`); TRL multiplies the per-token
+    loss. For every loss that allows is_mode (Loss.linear) the two are the same, value and gradient."""
+    from xxpo_lab.losses import LOSSES as REG
+    from xxpo_lab.mismatch import is_weight
+
+    assert REG[case.ours].linear
+    d = make_data("small")
+    maskf = d.mask.to(DTYPE)
+    sampler = d.old + 0.4 * torch.randn(B, T, generator=torch.Generator().manual_seed(1), dtype=DTYPE)
+    w = is_weight(d.old, sampler, maskf, mode, clip_min, clip_max)
+    monkeypatch.setattr(trainer, "use_vllm", True)
+    monkeypatch.setattr(trainer, "vllm_importance_sampling_correction", True)
+    original = trainer._compute_loss
+
+    def with_ratio(model, inputs):
+        return original(model, inputs | {"importance_sampling_ratio": w.clone()})
+
+    monkeypatch.setattr(trainer, "_compute_loss", with_ratio)
+    trl_loss, trl_grad = run_trl(trainer, monkeypatch, case, d, 0.0)
+    logp = d.logp.clone().requires_grad_(True)
+    b = our_batch(d)
+    loss, _ = REG[case.ours].fn(logp, replace(b, adv=b.adv * w), our_cfg(case, 0.0))
+    (grad,) = torch.autograd.grad(loss, logp)
+    torch.testing.assert_close(loss.detach(), trl_loss, **TOL)
+    torch.testing.assert_close(grad, trl_grad, **TOL)
+
+
+@pytest.mark.parametrize("delta", [0.0, 0.05, 0.5])
+@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[4]], ids=lambda c: c.id)
+def test_off_policy_sequence_mask_is_trls(trainer, monkeypatch, case, delta):
+    """DeepSeek-V3.2's mask: ours (`mismatch.off_policy_sequence_mask`, applied by zeroing the advantage in
+    `loop.update`) against TRL's `off_policy_mask_threshold`, with the sampler's log-probs given to TRL."""
+    from xxpo_lab.mismatch import off_policy_sequence_mask
+
+    d = make_data("large")
+    maskf = d.mask.to(DTYPE)
+    sampler = d.old + 0.3 * torch.rand(B, T, generator=torch.Generator().manual_seed(2), dtype=DTYPE)
+    keep = off_policy_sequence_mask(d.adv[:, None] * maskf, d.logp, sampler, maskf, delta)
+    theirs = trl.GRPOTrainer.get_off_policy_mask(d.adv[:, None], d.logp, sampler, maskf, delta)
+    torch.testing.assert_close(keep, theirs, **TOL)
+    if delta == 0.05:
+        assert (keep == 0).any() and (keep == 1).any()
+    monkeypatch.setattr(trainer, "off_policy_mask_threshold", delta)
+    original = trainer._compute_loss
+
+    def with_sampler(model, inputs):
+        return original(model, inputs | {"sampling_per_token_logps": sampler.clone()})
+
+    monkeypatch.setattr(trainer, "_compute_loss", with_sampler)
+    trl_loss, trl_grad = run_trl(trainer, monkeypatch, case, d, 0.0)
+    logp = d.logp.clone().requires_grad_(True)
+    b = replace(our_batch(d), behav_logp=sampler)
+    loss, _ = LOSSES[case.ours].fn(logp, replace(b, adv=b.adv * keep), our_cfg(case, 0.0))
+    (grad,) = torch.autograd.grad(loss, logp)
+    torch.testing.assert_close(loss.detach(), trl_loss, **TOL)
+    torch.testing.assert_close(grad, trl_grad, **TOL)
+
+
+def test_vespo_weight_is_trls_gamma_weight():
+    """VESPO's φ(W) from TRL's own static `get_gamma_weights`, on ratios far from 1 both ways."""
+    d = make_data("large")
+    maskf = d.mask.to(DTYPE)
+    adv = d.adv[:, None]
+    theirs = trl.GRPOTrainer.get_gamma_weights(adv, d.logp - d.old, maskf, None)
+    _, _, info = run_ours(Case("vespo", "vespo", "token", "token-mean"), d, 0.0)
+    torch.testing.assert_close(info.phi[:, :1], theirs, **TOL)
+    assert (theirs < 0.5).any() and (theirs > 0.9).any()
