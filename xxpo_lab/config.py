@@ -114,6 +114,10 @@ class Config:
     expected gradient; in the reward, k1 gives the reverse-KL gradient (TRL PPO and verl default to k1 there)."""
     kl_in: str = "loss"
     """Where the KL goes: 'loss' (GRPO: added to the per-token loss) or 'reward' (PPO-RLHF: a per-token penalty in the reward)."""
+    kl_is_correct: bool = False
+    """In the loss, multiply each token's KL estimate by π_θ/π_prox, so that on tokens sampled by an older (or another)
+    policy it still estimates the KL of π_θ: DeepSeek-V3.2's unbiased KL, TRL's use_bias_correction_kl (on by default
+    in TRL, with GSPO's sequence ratio for sequence-level losses; here always the token ratio)."""
     # ---------------------------------------------------------------- critic (PPO's GAE, SPPO's prompt value)
     critic_lr: float = 1e-3
     """AdamW learning rate of the critic, when the advantage estimator needs one."""

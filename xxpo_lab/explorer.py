@@ -37,6 +37,17 @@ SWITCHES = ("dual_clip_c",)
 """Sliders that are a loss's optional switch (Loss.switches), not a parameter every loss reads."""
 SHOWN = ("pg", "ppo", "gspo", "sapo", "cispo", "gmpo")
 """Losses drawn when the explorer opens; the legend toggles the others."""
+NOT_DRAWN = {
+    "dppo_tv": "its trust region bounds p - p_prox, so its curve over r changes with the token's probability "
+               "(`trust_region` draws it over p_prox)",
+    "dppo_kl": "its trust region bounds the binary KL of the token's probability (`trust_region` draws it)",
+    "m2po": "its mask is a statistic of the whole batch, not a function of one token's ratio",
+}
+"""Registered losses the explorer leaves out, and why."""
+DRAWN = tuple(name for name in LOSSES if name not in NOT_DRAWN)
+"""The losses the explorer draws over r."""
+P_GRID = np.unique(np.concatenate([np.geomspace(1e-4, 0.5, 1000), 1.0 - np.geomspace(1e-4, 0.5, 1000)]))
+"""New probabilities p at which `trust_region` reads the clip flags: log-spaced towards 0 and towards 1."""
 
 
 def loss_curves(name: str, sign: float, params: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -58,6 +69,31 @@ def loss_curves(name: str, sign: float, params: dict) -> tuple[np.ndarray, np.nd
     J = vmap(objective)(logp)
     w = vmap(grad(objective))(logp)[:, 0] / sign
     return J.numpy(), w.numpy()
+
+
+def trust_region(name: str, p_prox: float, params: dict | None = None) -> tuple[float, float]:
+    """How far a token's probability may move before the loss `name` stops pushing it: (lowest p for a token
+    with A < 0, highest p for one with A > 0), for a token whose anchor probability is p_prox.
+
+    Read off the loss's own clip flags (LossInfo.clip_low / clip_high) on a grid of new probabilities p
+    (P_GRID): the ratio clip of PPO/GRPO allows p_prox·(1 ± eps), DPPO-TV p_prox ± δ, DPPO-KL the p where
+    the token's binary KL reaches δ. 0 or 1 where the loss never stops the token. Book: ch. 10.
+    """
+    cfg = resolve(Config(loss=name, **(params or {})))
+    f64, n = torch.float64, len(P_GRID)
+    prox = torch.full((n, 1), float(np.log(p_prox)), dtype=f64)
+    logp = torch.log(torch.tensor(P_GRID, dtype=f64))[:, None]
+    bounds = []
+    for sign in (-1.0, 1.0):
+        b = Batch.of(torch.ones(n, 1, dtype=f64), adv=torch.full((n, 1), sign, dtype=f64), prox_logp=prox,
+                     behav_logp=prox, version_gap=torch.ones(n, dtype=torch.long))
+        _, info = LOSSES[name].fn(logp, b, cfg)
+        stopped = (info.clip_low if sign < 0 else info.clip_high)[:, 0].numpy()
+        if sign < 0:
+            bounds.append(float(P_GRID[stopped].max()) if stopped.any() else 0.0)
+        else:
+            bounds.append(float(P_GRID[stopped].min()) if stopped.any() else 1.0)
+    return bounds[0], bounds[1]
 
 
 def _defaults() -> dict:
@@ -101,7 +137,7 @@ def explorer_tables(losses=None) -> dict:
         return where[curve]
 
     tables = {}
-    for name in list(losses or LOSSES):
+    for name in list(losses or DRAWN):
         tables[name] = {}
         for sign in (1.0, -1.0):
             deps = _dependencies(name, sign)

@@ -84,12 +84,12 @@ def _check(logp: Tensor, b: Batch) -> None:
 
 
 def _kl(logp: Tensor, b: Batch, cfg: Config) -> Tensor | float:
-    """GRPO-style KL term added to the per-token loss (when cfg.kl_in == 'loss')."""
-    return (
-        kl_penalty(logp, b.ref_logp, cfg.beta, cfg.kl_estimator)
-        if cfg.kl_in == "loss"
-        else 0.0
-    )
+    """GRPO-style KL term added to the per-token loss (when cfg.kl_in == 'loss'); with kl_is_correct,
+    times the (differentiable) ratio π_θ/π_prox: DeepSeek-V3.2's unbiased estimate (ch. 10)."""
+    if cfg.kl_in != "loss":
+        return 0.0
+    kl = kl_penalty(logp, b.ref_logp, cfg.beta, cfg.kl_estimator)
+    return kl * token_ratio(logp, b.prox_logp) if cfg.kl_is_correct else kl
 
 
 def _clip_info(
@@ -390,7 +390,9 @@ DPPO_RATIO_CAP = 20.0
 """DPPO's truncation C of the detached ratio (verl's `clip_ratio_c` for dppo_*, its default 20; paper §5.4)."""
 
 
-def _dppo(logp: Tensor, b: Batch, up_ok: Tensor, down_ok: Tensor) -> tuple[Tensor, LossInfo]:
+def _dppo(
+    logp: Tensor, b: Batch, up_ok: Tensor, down_ok: Tensor
+) -> tuple[Tensor, LossInfo]:
     """The DPPO surrogate, given where a token may still move up (A > 0) and down (A < 0):
     ℓ = -sg(min(r, C))·A·logp·M, M = up_ok where A > 0 and down_ok elsewhere, token-mean."""
     r = token_ratio(logp, b.prox_logp)
@@ -459,7 +461,7 @@ def vespo(logp: Tensor, b: Batch, cfg: Config) -> tuple[Tensor, LossInfo]:
     nonneg = b.adv >= 0
     k = torch.where(nonneg, cfg.vespo_k_pos, cfg.vespo_k_neg)
     lam = torch.where(nonneg, cfg.vespo_lambda_pos, cfg.vespo_lambda_neg)
-    phi = torch.exp(lam + k * log_w - lam * torch.exp(log_w))  # [B, T]: φ(W) = e^λ·W^k·e^(-λW)
+    phi = torch.exp(lam + k * log_w - lam * torch.exp(log_w))  # [B, T]: e^λ·W^k·e^(-λW)
     phi = phi.nan_to_num(0.0, 0.0, 0.0)
     loss_bt = -phi * b.adv * logp
     info = LossInfo(ratio=torch.exp(log_w).expand_as(logp), phi=phi)

@@ -371,3 +371,37 @@ def mean_entropy(policy, b, temperature: float) -> float:
     """The policy's mean next-token entropy (nats) over the sampled positions of batch b."""
     _, entropy = token_logp(policy, b.prompt_ids, b.prompt_mask, b.resp_ids, temperature, with_entropy=True)
     return ((entropy * b.mask).sum() / b.mask.sum()).item()
+
+
+def sampler_gap(source, seed: int = 0, n_prompts: int = 64, **sampler) -> pd.DataFrame:
+    """The sampler's and the trainer's log-probs of the same sampled tokens, one row per token.
+
+    source: a Config (its warm start) or a finished run (a History or a run key: its final policy).
+    `sampler`: the sampler's settings (sampler_dtype, top_p, top_k), replacing the source's. The sampler
+    draws G responses to each of `n_prompts` training prompts with its own seeded randomness and records
+    its log-probs, as in training; the float32 trainer scores the same tokens. Columns: response, t,
+    length, correct, logp_sampler, logp_trainer, p_trainer, gap = logp_trainer - logp_sampler.
+    Book: ch. 10.
+    """
+    from xxpo_lab.loop import behaviour_policy
+    from xxpo_lab.mismatch import sampler_copy
+    from xxpo_lab.runs import final_state
+
+    if isinstance(source, Config):
+        state = setup(resolve(sized(replace(source, seed=seed))), pick_device())
+    else:
+        state = final_state(source)
+    state.cfg = cfg = replace(state.cfg, P=n_prompts, minibatches=1, staleness=0, dynamic_sampling=False, **sampler)
+    state.sampler = sampler_copy(state.policy, cfg.sampler_dtype) if cfg.sampler_dtype != "float32" else None
+    version, behav = behaviour_policy(state, 0)
+    gen = torch.Generator(device=state.device).manual_seed(seed)
+    b, _ = collect(state, behav, version, random.Random(seed), gen, {})
+    with torch.no_grad():
+        trainer = token_logp(state.policy, b.prompt_ids, b.prompt_mask, b.resp_ids, cfg.temperature)
+    row, t = (b.mask > 0).nonzero(as_tuple=True)
+    return pd.DataFrame({"response": row.cpu().numpy(), "t": t.cpu().numpy(),
+                         "length": b.lengths[row].cpu().numpy(), "correct": b.correct[row].cpu().numpy(),
+                         "logp_sampler": b.behav_logp[row, t].cpu().numpy(),
+                         "logp_trainer": trainer[row, t].cpu().numpy(),
+                         "p_trainer": trainer[row, t].exp().cpu().numpy(),
+                         "gap": (trainer - b.behav_logp)[row, t].cpu().numpy()})

@@ -194,6 +194,7 @@ FREE = {
     "reward_offset": "any finite shift of every reward is a valid experiment (chapter 2 uses 0 and 5)",
     "dynamic_sampling": "a bool: both values are valid",
     "mask_truncated": "a bool: both values are valid",
+    "kl_is_correct": "a bool: both values are valid (it changes nothing without a KL term in the loss)",
     "measure_prox": "a bool: both values are valid with a3po (the loss that reads it; another loss fails, tested in test_async)",
 }
 # The other side of a two-sided range, where a field has one.

@@ -7,12 +7,13 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
 from xxpo_lab import GLOSSARY, Config, ConfigError, NonFiniteError, train
-from xxpo_lab.config import resolve
 from xxpo_lab.batch import Batch
+from xxpo_lab.config import resolve
 from xxpo_lab.losses import LOSSES
 from xxpo_lab.mismatch import filter_logp, fp8_round, is_weight, m2_keep, supported_sampler_dtypes
 
@@ -210,3 +211,33 @@ def test_a_non_finite_sampler_log_prob_stops_the_run_with_the_metric(tiny, monke
     monkeypatch.setattr(loop, "sample", broken)
     with pytest.raises(NonFiniteError, match=r"mismatch/abs_gap: the sampler \(float16\) recorded a non-finite"):
         train(replace(tiny, sampler_dtype="float16", prox_source="trainer"), progress=False, cache=False)
+
+
+@pytest.mark.parametrize("p_prox", [0.001, 0.05, 0.5, 0.95])
+def test_trust_regions_read_off_the_losses_match_their_formulas(p_prox):
+    from xxpo_lab.explorer import P_GRID, trust_region
+
+    step = lambda p: np.diff(P_GRID)[np.searchsorted(P_GRID, p) - 1] * 1.01  # noqa: E731 the grid's spacing there
+    lo, hi = trust_region("grpo", p_prox)  # ratio clip 0.2: p_prox·0.8 .. p_prox·1.2 (capped at 1)
+    assert abs(lo - 0.8 * p_prox) <= step(0.8 * p_prox)
+    assert (hi == 1.0) if 1.2 * p_prox >= 1 else abs(hi - 1.2 * p_prox) <= step(1.2 * p_prox)
+    lo, hi = trust_region("dppo_tv", p_prox)  # TV 0.15: p_prox ± 0.15, within (0, 1)
+    assert (lo == 0.0) if p_prox < 0.15 else abs(lo - (p_prox - 0.15)) <= step(p_prox - 0.15)
+    assert (hi == 1.0) if p_prox > 0.85 else abs(hi - (p_prox + 0.15)) <= step(p_prox + 0.15)
+    lo, hi = trust_region("dppo_kl", p_prox)  # where the binary KL reaches 0.05
+    kl = lambda p: p_prox * math.log(p_prox / p) + (1 - p_prox) * math.log((1 - p_prox) / (1 - p))  # noqa: E731
+    assert kl(hi) >= 0.05 and kl(hi - step(hi)) < 0.05
+    if lo > 0:
+        assert kl(lo) >= 0.05 and kl(lo + step(lo)) < 0.05
+
+
+def test_sampler_gap_is_the_kept_mass_for_top_p_and_zero_for_an_exact_sampler(tiny):
+    from xxpo_lab.measure import sampler_gap
+
+    exact = sampler_gap(tiny, seed=0, n_prompts=8)
+    assert exact["gap"].abs().max() < 1e-5 and len(exact) > 8
+    nucleus = sampler_gap(tiny, seed=0, n_prompts=8, top_p=0.7)
+    assert (nucleus["gap"] <= 1e-6).all() and (nucleus["gap"] >= math.log(0.7) - 1e-5).all()  # -log S in [0, -log 0.7]
+    assert (nucleus["gap"] < -1e-3).any()
+    half = sampler_gap(tiny, seed=0, n_prompts=8, sampler_dtype="bfloat16")
+    assert 0 < half["gap"].abs().mean() < 0.05

@@ -377,7 +377,7 @@ def trl_is_ratio(mode: str, clip_min, clip_max, old: torch.Tensor, sampling: tor
           "sampling_per_token_logps": sampling,
           "self": SimpleNamespace(vllm_importance_sampling_mode=mode, vllm_importance_sampling_clip_min=clip_min,
                                   vllm_importance_sampling_clip_max=clip_max)}
-    exec(block, ns)  # noqa: S102: TRL's code, pinned by requirements.txt
+    exec(block, ns)  # TRL's own code (pinned by requirements.txt), run as it is
     return ns["vllm_importance_sampling_ratio"]
 
 
@@ -472,3 +472,14 @@ def test_vespo_weight_is_trls_gamma_weight():
     _, _, info = run_ours(Case("vespo", "vespo", "token", "token-mean"), d, 0.0)
     torch.testing.assert_close(info.phi[:, :1], theirs, **TOL)
     assert (theirs < 0.5).any() and (theirs > 0.9).any()
+
+
+@pytest.mark.parametrize("scale", list(SCALES))
+@pytest.mark.parametrize("case", [c for c in CASES if c.level == "token" and c.ours != "vespo"], ids=lambda c: c.id)
+def test_kl_is_correct_is_trls_bias_corrected_kl(trainer, monkeypatch, case, scale):
+    """Our kl_is_correct = TRL's use_bias_correction_kl for token-level losses: k3 times the token ratio."""
+    d = make_data(scale)
+    trl_loss, trl_grad = run_trl(trainer, monkeypatch, case, d, BETA, bias_correction_kl=True)
+    loss, grad, _ = run_ours(case, d, BETA, kl_is_correct=True)
+    torch.testing.assert_close(loss, trl_loss, **TOL)
+    torch.testing.assert_close(grad, trl_grad, **TOL)
