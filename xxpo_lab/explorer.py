@@ -71,7 +71,9 @@ def loss_curves(name: str, sign: float, params: dict) -> tuple[np.ndarray, np.nd
     return J.numpy(), w.numpy()
 
 
-def trust_region(name: str, p_prox: float, params: dict | None = None) -> tuple[float, float]:
+def trust_region(
+    name: str, p_prox: float, params: dict | None = None
+) -> tuple[float, float]:
     """How far a token's probability may move before the loss `name` stops pushing it: (lowest p for a token
     with A < 0, highest p for one with A > 0), for a token whose anchor probability is p_prox.
 
@@ -85,8 +87,8 @@ def trust_region(name: str, p_prox: float, params: dict | None = None) -> tuple[
     logp = torch.log(torch.tensor(P_GRID, dtype=f64))[:, None]
     bounds = []
     for sign in (-1.0, 1.0):
-        b = Batch.of(torch.ones(n, 1, dtype=f64), adv=torch.full((n, 1), sign, dtype=f64), prox_logp=prox,
-                     behav_logp=prox, version_gap=torch.ones(n, dtype=torch.long))
+        adv, ones = torch.full((n, 1), sign, dtype=f64), torch.ones(n, 1, dtype=f64)
+        b = Batch.of(ones, adv=adv, prox_logp=prox, behav_logp=prox)
         _, info = LOSSES[name].fn(logp, b, cfg)
         stopped = (info.clip_low if sign < 0 else info.clip_high)[:, 0].numpy()
         if sign < 0:

@@ -18,7 +18,13 @@ import torch
 from torch import Tensor
 
 SAMPLER_DTYPES = ("float32", "bfloat16", "float16", "float8")
-IS_MODES = ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+IS_MODES = (
+    "none",
+    "token_truncate",
+    "token_mask",
+    "sequence_truncate",
+    "sequence_mask",
+)
 FP8_MAX = 448.0  # largest finite float8_e4m3fn value
 
 
@@ -84,7 +90,9 @@ def filter_logp(step_logp: Tensor, top_p: float, top_k: int) -> Tensor:
     if top_k > 0:
         ranked[:, top_k:] = False
     if top_p < 1.0:
-        before = sorted_logp.exp().cumsum(-1) - sorted_logp.exp()  # mass of the more likely tokens
+        before = (
+            sorted_logp.exp().cumsum(-1) - sorted_logp.exp()
+        )  # mass of the more likely tokens
         ranked &= before < top_p
     keep = keep.scatter(-1, order, ranked)
     return torch.log_softmax(step_logp.masked_fill(~keep, -math.inf), dim=-1)
@@ -94,8 +102,14 @@ def filter_logp(step_logp: Tensor, top_p: float, top_k: int) -> Tensor:
 # the corrections
 
 
-def is_weight(prox_logp: Tensor, behav_logp: Tensor, mask: Tensor, mode: str,
-              clip_min: float | None, clip_max: float | None) -> Tensor:
+def is_weight(
+    prox_logp: Tensor,
+    behav_logp: Tensor,
+    mask: Tensor,
+    mode: str,
+    clip_min: float | None,
+    clip_max: float | None,
+) -> Tensor:
     """TRL's `vllm_importance_sampling_mode`: the weight each token's loss is multiplied by.
 
     ρ = π_prox/π_behav: the trainer's probability of the token under the weights that sampled it,
@@ -116,11 +130,14 @@ def is_weight(prox_logp: Tensor, behav_logp: Tensor, mask: Tensor, mode: str,
         low = -math.inf if clip_min is None else clip_min
         high = math.inf if clip_max is None else clip_max
         return rho.masked_fill((rho < low) | (rho > high), 0.0)
-    raise KeyError(f"unknown is_mode {mode!r}; the modes are: {', '.join(IS_MODES[1:])}")
+    raise KeyError(
+        f"unknown is_mode {mode!r}; the modes are: {', '.join(IS_MODES[1:])}"
+    )
 
 
-def off_policy_sequence_mask(adv: Tensor, logp: Tensor, behav_logp: Tensor, mask: Tensor,
-                             delta: float) -> Tensor:
+def off_policy_sequence_mask(
+    adv: Tensor, logp: Tensor, behav_logp: Tensor, mask: Tensor, delta: float
+) -> Tensor:
     """DeepSeek-V3.2's off-policy sequence mask (arXiv 2512.02556, eq. 9): drop a response when its
     advantage is negative and it has drifted: (1/|y|) Σ_t log(π_behav/π_θ) > δ.
 
@@ -130,7 +147,8 @@ def off_policy_sequence_mask(adv: Tensor, logp: Tensor, behav_logp: Tensor, mask
     Args: adv, logp (detached), behav_logp, mask [B, T]; δ >= 0. Returns: keep [B, 1] float.
     """
     drift = ((behav_logp - logp.detach()) * mask).sum(-1, keepdim=True) / mask.sum(
-        -1, keepdim=True).clamp(min=1.0)  # [B, 1]
+        -1, keepdim=True
+    ).clamp(min=1.0)  # [B, 1]
     negative = (adv * mask).sum(-1, keepdim=True) < 0
     return (~negative | (drift <= delta)).to(mask.dtype)
 
@@ -162,4 +180,4 @@ def m2_keep(log_ratio: Tensor, adv: Tensor, mask: Tensor, threshold: float) -> T
 def effective_sample_size(weight: Tensor, mask: Tensor) -> Tensor:
     """(Σw)²/(n·Σw²) over the n valid tokens: 1 when every weight is equal, 1/n when one dominates."""
     w = weight[mask > 0]
-    return w.sum() ** 2 / (w.numel() * (w ** 2).sum()).clamp(min=1e-30)
+    return w.sum() ** 2 / (w.numel() * (w**2).sum()).clamp(min=1e-30)
