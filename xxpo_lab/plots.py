@@ -29,6 +29,7 @@ METHOD_COLORS = {
     "sppo": "#aec7e8", "sapo": "#e377c2", "cispo": "#ffbb78", "gmpo": "#98df8a",
     "self_play_po": "#c5b0d5", "win_rate": "#c5b0d5",
     "reinforce_pp": "#dbdb8d", "reinforce_pp_baseline": "#dbdb8d",
+    "dppo_tv": "#6b6ecf", "dppo_kl": "#9c9ede", "vespo": "#e6550d", "m2po": "#a55194",
 }
 """One colour per method across the book (losses by their LOSSES name, advantages by their ADVANTAGES name)."""
 OTHER_COLORS = ["#000000", "#637939", "#8c6d31", "#843c39", "#7b4173", "#393b79", "#31a354", "#756bb1"]
