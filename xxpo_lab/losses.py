@@ -61,7 +61,7 @@ class LossInfo:
     prox_logp: Tensor | None = None
     """The anchor the loss built itself (A-3PO's interpolation), if not b.prox_logp."""
     phi: Tensor | None = None
-    """VESPO's Gamma weight φ(W) of each response's sequence ratio W, broadcast along T."""
+    """VESPO's Gamma weight of each response's ratio W (ψ(W) in ch. 10), along T."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
