@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
@@ -190,7 +191,8 @@ def _call(job):
 
 
 def parallel_map(fn, jobs: list[dict], workers: int | None = None, progress: bool | None = None, desc: str = "") -> list:
-    """[fn(**job) for job in jobs], `workers` processes at a time (spawned; 1 thread each).
+    """[fn(**job) for job in jobs], `workers` processes at a time (spawned once and kept for later calls
+    while the code and the XXPO_* environment stay the same; 1 thread each).
 
     On the CPU every job runs with one thread, in a worker or (one job, or workers=1) in this process, so a
     job's numbers do not depend on how many jobs ran with it. fn must be importable (a module-level
@@ -202,17 +204,46 @@ def parallel_map(fn, jobs: list[dict], workers: int | None = None, progress: boo
     if workers == 1 or len(jobs) == 1:
         with cpu_threads(1 if on_cpu else None):
             return [fn(**job) for job in tqdm(jobs, disable=not progress, desc=desc)]
+    pool = _worker_pool(workers)
+    try:
+        return list(tqdm(pool.imap(_call, [(fn, job) for job in jobs]), total=len(jobs), disable=not progress,
+                         desc=desc))
+    except BaseException:  # a failed job (or an interrupt) leaves the others queued: drop the whole pool
+        _POOL.clear()
+        pool.terminate()
+        raise
+
+
+_POOL: list = []  # [(key, pool)]: the spawned workers, kept between calls (starting them costs seconds)
+
+
+def _ignore_interrupts() -> None:
+    """Workers leave Ctrl-C (and a kernel's shutdown signal) to the parent, which terminates the pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _worker_pool(workers: int):
+    """A pool of `workers` spawned processes, reused by later calls while nothing a job reads at import
+    time has changed: the XXPO_* environment, the working directory, and the package's source files (a
+    worker that imported an older version of the lab must not train under the new code's run keys)."""
+    package = Path(__file__).parent
+    key = (workers, os.getcwd(), tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("XXPO_"))),
+           tuple((p.name, p.stat().st_mtime_ns) for p in sorted(package.glob("*.py"))))
+    if _POOL and _POOL[0][0] == key:
+        return _POOL[0][1]
+    while _POOL:
+        _POOL.pop()[1].terminate()
     before = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"  # read by the workers' OpenMP at start-up: no second thread spinning
     try:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            return list(tqdm(pool.imap(_call, [(fn, job) for job in jobs]), total=len(jobs), disable=not progress,
-                             desc=desc))
+        pool = mp.get_context("spawn").Pool(workers, initializer=_ignore_interrupts)
     finally:
         if before is None:
             del os.environ["OMP_NUM_THREADS"]
         else:
             os.environ["OMP_NUM_THREADS"] = before
+    _POOL.append((key, pool))
+    return pool
 
 
 def run_many(cfgs: list[Config], workers: int | None = None, progress: bool | None = None) -> list[History]:

@@ -1,6 +1,7 @@
 """Diagnostics: each reduction against hand-computed values; the gradient statistics in a run."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -163,6 +164,22 @@ def test_gradient_statistics_take_the_first_update_of_a_step(tiny):
     a3po = measure_gradients(replace(cfg, loss="a3po"), seed=5)
     decoupled = measure_gradients(replace(cfg, loss="decoupled_ppo"), seed=5)
     assert a3po == pytest.approx(decoupled, nan_ok=True, rel=0, abs=0) and a3po["grad/var"] > 0
+
+
+def test_the_worker_pool_is_kept_while_code_and_environment_stay(monkeypatch):
+    from xxpo_lab import runs
+
+    jobs = [{"base": b, "exp": 2} for b in range(4)]
+    assert runs.parallel_map(pow, jobs, workers=2, progress=False) == [0, 1, 4, 9]
+    first = runs._POOL[0][1]
+    runs.parallel_map(pow, jobs, workers=2, progress=False)
+    assert runs._POOL[0][1] is first  # reused: no second start-up
+    monkeypatch.setenv("XXPO_CACHE", str(Path(runs.__file__).parent / "elsewhere"))
+    assert runs.parallel_map(pow, jobs, workers=2, progress=False) == [0, 1, 4, 9]
+    assert len(runs._POOL) == 1 and runs._POOL[0][1] is not first  # the workers read XXPO_*: new ones
+    with pytest.raises(ZeroDivisionError):
+        runs.parallel_map(pow, [{"base": 0, "exp": -1}] * 3, workers=2, progress=False)
+    assert runs._POOL == []  # a failed job drops the pool and its queued jobs
 
 
 def test_parallel_map_keeps_the_order():
