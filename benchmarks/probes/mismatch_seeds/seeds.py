@@ -58,10 +58,10 @@ if __name__ == "__main__":
         cols = [c for c in cols if c in steps]
         print("diagnostics (mean over steps and seeds):\n",
               steps.groupby("run")[cols].mean().loc[list(cfgs)].round(4).to_string())
-        first = steps[steps["step"] == 0].groupby("run")["clip/low_frac@u0"].mean().loc[list(cfgs)[:5]]
-        print("clip/low_frac at the first update of step 0:\n", first.round(4).to_string())
-        end = runs[runs["eval/accuracy"].notna() & (runs["step"] == runs["step"].max())]
-        print("final entropy / tail mass under top-p 0.9 (final policies, per seed):")
+        print("tail mass under top-p 0.9 (mean -log S of the tokens it draws), warm start and final policies:")
+        for seed in seeds:
+            start = sampler_gap(cfgs["float32"], seed=seed, top_p=0.9)
+            print(f"  warm start seed {seed}: mean -log S {-start['gap'].mean():.4f}")
         for name in ("float32", "top-p, trainer's π_old"):
             for seed in seeds:
                 key = runs[(runs["run"] == name) & (runs["seed"] == seed)]["key"].iloc[0]
