@@ -393,8 +393,10 @@ DPPO_RATIO_CAP = 20.0
 def _dppo(
     logp: Tensor, b: Batch, up_ok: Tensor, down_ok: Tensor
 ) -> tuple[Tensor, LossInfo]:
-    """The DPPO surrogate, given where a token may still move up (A > 0) and down (A < 0):
-    ℓ = -sg(min(r, C))·A·logp·M, M = up_ok where A > 0 and down_ok elsewhere, token-mean."""
+    """The DPPO surrogate, given where a token may still be pushed up (A > 0) and down (A < 0).
+
+    ℓ = -sg(min(r, C))·A·logp·M, M = up_ok where A > 0 and down_ok elsewhere, token-mean.
+    """
     r = token_ratio(logp, b.prox_logp)
     up_ok, down_ok = up_ok.detach(), down_ok.detach()
     keep = torch.where(b.adv > 0, up_ok, down_ok)
