@@ -166,7 +166,7 @@ def test_gradient_statistics_take_the_first_update_of_a_step(tiny):
     assert a3po == pytest.approx(decoupled, nan_ok=True, rel=0, abs=0) and a3po["grad/var"] > 0
 
 
-def test_the_worker_pool_is_kept_while_code_and_environment_stay(monkeypatch):
+def test_parallel_map_keeps_its_workers_while_code_and_environment_stay(monkeypatch):
     from xxpo_lab import runs
 
     jobs = [{"base": b, "exp": 2} for b in range(4)]
