@@ -12,12 +12,12 @@ export XXPO_CACHE ?= $(CURDIR)/.xxpo_cache
 PYTEST := $(PY) -m pytest -p tests.layer
 COUNTS := _build/test-counts.txt
 
-.PHONY: help setup book fast serve test test-unit test-notebooks test-book test-browser test-colab \
+.PHONY: help setup book fast serve test test-unit test-notebooks test-book test-browser test-colab test-verl \
         browser-deps lint sync bench mutate clean clean-cache
 
 help:
 	@echo "make book    set up .venv, build the website ($(SITE)) with every chapter executed in full mode, check it in a browser"
-	@echo "make test    set up and run every test layer (unit, notebooks, book build, browser, Colab path)"
+	@echo "make test    set up and run every test layer (unit, notebooks, book build, browser, Colab path, verl)"
 	@echo "make fast    build the website in fast mode (XXPO_FAST=1) into $(FAST_SITE)"
 	@echo "make serve   serve the built website on http://127.0.0.1:8000"
 	@echo "make sync    rewrite the notebooks' install cells from _config.yml and strip outputs"
@@ -27,6 +27,17 @@ help:
 	@echo "make clean   remove the built site; make clean-cache removes cached warm starts and runs"
 
 setup: $(STAMP)
+
+VERL_VENV := .venv-verl
+VERL_STAMP := $(VERL_VENV)/.installed
+# verl pins transformers below the book's version: its integration is tested in an environment of its own
+# (verl ships a top-level `tests` package, so the layer plugin is loaded as `layer` from tests/)
+$(VERL_STAMP): requirements-verl.txt pyproject.toml
+	@test -x $(VERL_VENV)/bin/python || $(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_VENV)/bin/python -m pip install -q $(if $(wildcard $(WHEELS)),--find-links $(WHEELS)) torch==2.13.0
+	$(VERL_VENV)/bin/python -m pip install -q -r requirements-verl.txt
+	$(VERL_VENV)/bin/python -m pip install -q --no-deps -e .
+	@touch $(VERL_STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,7 +69,7 @@ endef
 
 test: setup browser-deps
 	@start=$$(date +%s); mkdir -p _build; rm -f $(COUNTS); \
-	 $(MAKE) --no-print-directory test-unit test-notebooks test-book test-browser test-colab; status=$$?; \
+	 $(MAKE) --no-print-directory test-unit test-notebooks test-book test-browser test-colab test-verl; status=$$?; \
 	 echo "== tests run per layer (a skip fails its layer) =="; cat $(COUNTS) 2>/dev/null; \
 	 echo "== make test: $$(( $$(date +%s) - start )) s, exit $$status =="; exit $$status
 
@@ -76,6 +87,9 @@ test-browser: setup browser-deps
 
 test-colab: setup
 	$(call timed,layer 5: Colab install path in a fresh venv,$(PYTEST) tests/colab -q)
+
+test-verl: $(VERL_STAMP)
+	$(call timed,layer 6: the verl integration against verl's own code in its environment,PYTHONPATH=$(CURDIR)/tests $(VERL_VENV)/bin/python -m pytest -p layer tests/verl -q)
 
 browser-deps:
 	@command -v chromium >/dev/null || { echo "installing Debian's chromium"; \

@@ -483,3 +483,26 @@ def test_sapo_gates_a_zero_advantage_token_with_tau_neg():
     gate = info.gate[:, 0].view(2, 3)  # rows: r = 0.5, 1.5; columns: A = -1, 0, 1
     torch.testing.assert_close(gate[:, 1], gate[:, 0])
     assert (gate[:, 1] != gate[:, 2]).all()
+
+
+def test_every_loss_aggregation_is_read_off_its_gradient():
+    """integrations.aggregation tells engines how each loss averages; it must name every loss's real mode."""
+    from xxpo_lab.integrations.aggregation import aggregation_of
+
+    expected = {name: "token-mean" for name in LOSSES}
+    expected |= dict.fromkeys(["grpo", "gspo", "gspo_token", "gmpo", "sapo", "self_play_po"], "seq-mean-token-mean")
+    expected |= {"dr_grpo": "seq-mean-token-sum-norm", "luspo": "seq-mean-token-sum"}
+    assert {name: aggregation_of(name) for name in LOSSES} == expected
+
+
+def test_self_play_po_averages_over_responses():
+    """Its aggregation is declared (the gradient cannot show it): the loss is the mean over responses of
+    (Σ_t log r - η·target)², whatever their lengths."""
+    mask = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]], dtype=F64)
+    prox = torch.zeros_like(mask)
+    logp = torch.tensor([[-0.2, 0.0, 0.0], [0.1, 0.3, -0.1]], dtype=F64)
+    adv = torch.tensor([[0.5, 0.0, 0.0], [-0.25, -0.25, -0.25]], dtype=F64)
+    b = make_batch(mask, behav_logp=prox, prox_logp=prox, adv=adv)
+    loss, _ = LOSSES["self_play_po"].fn(logp, b, cfg_for("self_play_po"))
+    # sequence 1: (-0.2 - 0.5)^2 = 0.49; sequence 2: (0.3 + 0.25)^2 = 0.3025; mean 0.39625
+    assert float(loss) == pytest.approx(0.39625)
