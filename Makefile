@@ -12,7 +12,7 @@ export XXPO_CACHE ?= $(CURDIR)/.xxpo_cache
 PYTEST := $(PY) -m pytest -p tests.layer
 COUNTS := _build/test-counts.txt
 
-.PHONY: help setup book fast serve test test-unit test-notebooks test-book test-browser test-colab test-verl \
+.PHONY: help setup book fast serve test test-unit test-notebooks test-book test-browser test-colab test-verl gpu-check \
         browser-deps lint sync bench mutate clean clean-cache
 
 help:
@@ -23,6 +23,7 @@ help:
 	@echo "make sync    rewrite the notebooks' install cells from _config.yml and strip outputs"
 	@echo "make lint    ruff"
 	@echo "make bench   run the benchmarks (benchmarks/README.md)"
+	@echo "make gpu-check  execute every chapter on CUDA (DEVICE=cpu FAST=1 for a dry run): time, memory, claims -> benchmarks/gpu.md"
 	@echo "make mutate  mutation testing of the math, the loop and the config (tests/README.md), one to two hours"
 	@echo "make clean   remove the built site; make clean-cache removes cached warm starts and runs"
 
@@ -102,6 +103,9 @@ lint: setup
 
 sync: setup
 	$(PY) chapters/_sync.py
+
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py --device $(or $(DEVICE),cuda) $(if $(FAST),--fast)
 
 bench: setup
 	$(PY) benchmarks/bench_step.py --steps 40 --rounds 6 --out benchmarks/results.json
