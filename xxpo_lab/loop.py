@@ -278,9 +278,8 @@ def prepare(state: State, b: Batch, times: dict, recompute_prox: bool | None = N
     if state.critic is not None:
         b.values = state.critic(b.prompt_ids, b.prompt_mask, b.resp_ids)
     b.adv, b.value_target = get_advantage(cfg.adv)(b, cfg)
-    if recompute_prox is None:
-        recompute_prox = get_loss(cfg.loss).prox == "recompute" or cfg.prox_source == "trainer"
-    recompute = recompute_prox
+    recompute = (get_loss(cfg.loss).prox == "recompute" or cfg.prox_source == "trainer"
+                 if recompute_prox is None else recompute_prox)
     t0 = time.perf_counter()
     b.prox_logp = (token_logp(state.policy, b.prompt_ids, b.prompt_mask, b.resp_ids, cfg.temperature)
                    if recompute else b.behav_logp)

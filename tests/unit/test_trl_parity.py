@@ -381,6 +381,22 @@ def trl_is_ratio(mode: str, clip_min, clip_max, old: torch.Tensor, sampling: tor
     return ns["vllm_importance_sampling_ratio"]
 
 
+def run_trl_with_inputs(trainer, monkeypatch, case: Case, d: Data, **extra):
+    """run_trl (no KL) with `extra` added to TRL's inputs, as its generation step adds them with vLLM."""
+    original = trainer._compute_loss
+    monkeypatch.setattr(trainer, "_compute_loss",
+                        lambda model, inputs: original(model, inputs | {k: v.clone() for k, v in extra.items()}))
+    return run_trl(trainer, monkeypatch, case, d, 0.0)
+
+
+def run_ours_on(case: Case, d: Data, b: Batch):
+    """Our loss (no KL) and d loss / d logp on a given batch."""
+    logp = d.logp.clone().requires_grad_(True)
+    loss, _ = LOSSES[case.ours].fn(logp, b, our_cfg(case, 0.0))
+    (grad,) = torch.autograd.grad(loss, logp)
+    return loss.detach(), grad
+
+
 IS_CASES = [("token_truncate", None, 2.0), ("token_truncate", 0.5, 3.0), ("token_mask", 0.5, 2.0),
             ("token_mask", None, 3.0), ("sequence_truncate", None, 3.0), ("sequence_mask", None, 3.0),
             ("sequence_mask", 0.5, 3.0)]
@@ -407,28 +423,19 @@ def test_is_weight_is_trls_importance_sampling_ratio(mode, clip_min, clip_max):
 def test_is_mode_weighting_the_advantage_is_trls_weighted_loss(trainer, monkeypatch, case, mode, clip_min, clip_max):
     """Our loop multiplies the advantage by the correction weight (`loop.prepare`); TRL multiplies the per-token
     loss. For every loss that allows is_mode (Loss.linear) the two are the same, value and gradient."""
-    from xxpo_lab.losses import LOSSES as REG
     from xxpo_lab.mismatch import is_weight
 
-    assert REG[case.ours].linear
+    assert LOSSES[case.ours].linear
     d = make_data("small")
     maskf = d.mask.to(DTYPE)
     sampler = d.old + 0.4 * torch.randn(B, T, generator=torch.Generator().manual_seed(1), dtype=DTYPE)
     w = is_weight(d.old, sampler, maskf, mode, clip_min, clip_max)
     monkeypatch.setattr(trainer, "use_vllm", True)
     monkeypatch.setattr(trainer, "vllm_importance_sampling_correction", True)
-    original = trainer._compute_loss
-
-    def with_ratio(model, inputs):
-        return original(model, inputs | {"importance_sampling_ratio": w.clone()})
-
-    monkeypatch.setattr(trainer, "_compute_loss", with_ratio)
-    trl_loss, trl_grad = run_trl(trainer, monkeypatch, case, d, 0.0)
-    logp = d.logp.clone().requires_grad_(True)
+    trl_loss, trl_grad = run_trl_with_inputs(trainer, monkeypatch, case, d, importance_sampling_ratio=w)
     b = our_batch(d)
-    loss, _ = REG[case.ours].fn(logp, replace(b, adv=b.adv * w), our_cfg(case, 0.0))
-    (grad,) = torch.autograd.grad(loss, logp)
-    torch.testing.assert_close(loss.detach(), trl_loss, **TOL)
+    loss, grad = run_ours_on(case, d, replace(b, adv=b.adv * w))
+    torch.testing.assert_close(loss, trl_loss, **TOL)
     torch.testing.assert_close(grad, trl_grad, **TOL)
 
 
@@ -448,18 +455,10 @@ def test_off_policy_sequence_mask_is_trls(trainer, monkeypatch, case, delta):
     if delta == 0.05:
         assert (keep == 0).any() and (keep == 1).any()
     monkeypatch.setattr(trainer, "off_policy_mask_threshold", delta)
-    original = trainer._compute_loss
-
-    def with_sampler(model, inputs):
-        return original(model, inputs | {"sampling_per_token_logps": sampler.clone()})
-
-    monkeypatch.setattr(trainer, "_compute_loss", with_sampler)
-    trl_loss, trl_grad = run_trl(trainer, monkeypatch, case, d, 0.0)
-    logp = d.logp.clone().requires_grad_(True)
+    trl_loss, trl_grad = run_trl_with_inputs(trainer, monkeypatch, case, d, sampling_per_token_logps=sampler)
     b = replace(our_batch(d), behav_logp=sampler)
-    loss, _ = LOSSES[case.ours].fn(logp, replace(b, adv=b.adv * keep), our_cfg(case, 0.0))
-    (grad,) = torch.autograd.grad(loss, logp)
-    torch.testing.assert_close(loss.detach(), trl_loss, **TOL)
+    loss, grad = run_ours_on(case, d, replace(b, adv=b.adv * keep))
+    torch.testing.assert_close(loss, trl_loss, **TOL)
     torch.testing.assert_close(grad, trl_grad, **TOL)
 
 
