@@ -1,0 +1,222 @@
+"""The same loss in three engines (ch. 13): the lab's function, TRL's `GRPOTrainer` and verl's policy-loss call,
+on one batch of the lab's policy; and a lab task trained by TRL's trainer (the policy and the verifier are the
+lab's, sampling, scoring and the update loop are TRL's).
+
+Each engine gets the recipe's settings from the crosswalk (`crosswalk.RECIPES`) and computes its own loss;
+each gradient reaches the policy's parameters the way the engine does it: the lab and TRL by autograd through
+their own forward pass, verl by backpropagating its d loss / d logp through the policy (verl's actor does the
+same through its model). verl runs in its own environment (`verl_python`), as a subprocess.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import subprocess
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from xxpo_lab.config import Config, resolve
+from xxpo_lab.integrations import require
+from xxpo_lab.integrations.crosswalk import Recipe, recipe
+from xxpo_lab.losses import LOSSES
+from xxpo_lab.policy import accuracy, make_policy, pick_device, token_logp
+from xxpo_lab.tasks import Problem, make_task
+
+
+def verl_python() -> str | None:
+    """The Python of an environment with verl: $XXPO_VERL_PYTHON, else this repository's `.venv-verl` (which
+    `make book` and `make test` build), else None (Colab: the verl column is left out)."""
+    if os.environ.get("XXPO_VERL_PYTHON"):
+        return os.environ["XXPO_VERL_PYTHON"]
+    local = Path(__file__).resolve().parents[2] / ".venv-verl" / "bin" / "python"
+    return str(local) if local.exists() else None
+
+
+# -------------------------------------------------------------------------------------------------
+# a lab task as a TRL dataset and reward
+
+
+def task_dataset(task, n: int, seed: int):
+    """n training problems of a lab task as a `datasets.Dataset` (prompt, solution, data)."""
+    datasets = require("datasets", "trl")
+    problems = task.sample(n, random.Random(seed))
+    return datasets.Dataset.from_dict({"prompt": [p.prompt for p in problems],
+                                       "solution": [p.solution for p in problems],
+                                       "data": [list(p.data) for p in problems]})
+
+
+def task_reward(task, eos_token_id: int):
+    """TRL's reward function for a lab task: 1 when the lab's verifier accepts the response (it must end with
+    EOS, as in the lab), else 0."""
+
+    def reward(prompts, completions, completion_ids, solution, data, **kwargs):
+        out = []
+        for prompt, text, ids, sol, extra in zip(prompts, completions, completion_ids, solution, data):
+            truncated = len(ids) == 0 or ids[-1] != eos_token_id
+            out.append(float(task.verify(Problem(prompt, sol, tuple(extra)), text, truncated)))
+        return out
+
+    reward.__name__ = f"{task.name}_verifier"
+    return reward
+
+
+def trl_trainer(policy, tokenizer, cfg: Config, output_dir: str, steps: int, lab_loss: str | None = None,
+                **grpo_fields):
+    """TRL's GRPOTrainer (or `LabGRPOTrainer` with `lab_loss`) on the lab's task with the lab run's sizes: one
+    generation batch of P·G responses per optimizer step, reused cfg.epochs times, a constant learning rate."""
+    trl = require("trl", "trl")
+    from xxpo_lab.integrations.trl import LabGRPOTrainer
+
+    task = make_task(cfg.task, cfg.difficulty)
+    device = next(policy.parameters()).device
+    args = trl.GRPOConfig(
+        output_dir=output_dir, per_device_train_batch_size=cfg.P * cfg.G, num_generations=cfg.G,
+        max_completion_length=cfg.T_max, temperature=cfg.temperature, learning_rate=cfg.lr,
+        lr_scheduler_type="constant", weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+        num_iterations=cfg.epochs, max_steps=steps, use_cpu=device.type == "cpu", bf16=False,
+        gradient_checkpointing=False, report_to=[], logging_steps=1, save_strategy="no", seed=cfg.seed,
+        disable_tqdm=True, **grpo_fields)
+    kwargs = {"model": policy, "reward_funcs": task_reward(task, tokenizer.eos_token_id), "args": args,
+              "train_dataset": task_dataset(task, cfg.P * steps, cfg.seed), "processing_class": tokenizer}
+    if lab_loss is None:
+        return trl.GRPOTrainer(**kwargs)
+    return LabGRPOTrainer(**kwargs, lab_loss=lab_loss)
+
+
+# -------------------------------------------------------------------------------------------------
+# one batch, three engines
+
+
+def _flat_grad(model) -> torch.Tensor:
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
+
+
+def _lab(r: Recipe, cfg: Config, policy, b, extra: dict):
+    """The lab's loss and parameter gradient under the recipe (with the engine's `extra` lab settings)."""
+    lab_cfg = resolve(replace(cfg, **{k: v for k, v in (r.lab | extra).items() if k not in ("adv", "G")}))
+    policy.zero_grad(set_to_none=True)
+    logp = token_logp(policy, b.prompt_ids, b.prompt_mask, b.resp_ids, cfg.temperature)
+    loss, _ = LOSSES[r.loss].fn(logp, b, lab_cfg)
+    loss.backward()
+    return loss.item(), _flat_grad(policy)
+
+
+def _trl(r: Recipe, cfg: Config, policy, tokenizer, b, tmp: str):
+    """TRL's own loss (GRPOConfig from the recipe) and parameter gradient, through its own forward pass."""
+    model = copy.deepcopy(policy)
+    trainer = trl_trainer(model, tokenizer, cfg, tmp, steps=1, **r.trl)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    inputs = {"prompt_ids": b.prompt_ids, "prompt_mask": b.prompt_mask, "completion_ids": b.resp_ids,
+              "completion_mask": b.mask.long(), "advantages": b.adv[:, 0], "old_per_token_logps": b.prox_logp,
+              "num_items_in_batch": b.mask.sum()}
+    model.zero_grad(set_to_none=True)
+    loss = trainer.compute_loss(trainer.model, inputs)
+    loss.backward()
+    return loss.item(), _flat_grad(model)
+
+
+def _verl(recipes: list[Recipe], cfg: Config, policy, b) -> dict:
+    """verl's own loss (actor config from the recipe) and parameter gradient, per recipe, or {} without verl."""
+    python = verl_python()
+    if python is None:
+        return {}
+    with torch.no_grad():
+        logp = token_logp(policy, b.prompt_ids, b.prompt_mask, b.resp_ids, cfg.temperature)
+    calls = [(r.algorithm, {k: (cfg.T_max if v == "<T_max>" else v) for k, v in r.verl.items()
+                            if not k.startswith("algorithm.")}) for r in recipes]
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = f"{tmp}/in.pt", f"{tmp}/out.pt"
+        torch.save({"old": b.prox_logp, "logp": logp, "adv": b.adv, "mask": b.mask, "G": cfg.G,
+                    "calls": calls}, src)
+        done = subprocess.run([python, "-m", "xxpo_lab.integrations.verl_call", src, dst], capture_output=True,
+                              text=True, env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+        if done.returncode:
+            raise RuntimeError(f"verl's loss call failed ({python}):\n{done.stderr[-3000:]}")
+        out = torch.load(dst)
+    results = {}
+    for name, res in out.items():
+        policy.zero_grad(set_to_none=True)
+        logp = token_logp(policy, b.prompt_ids, b.prompt_mask, b.resp_ids, cfg.temperature)
+        logp.backward(res["grad"])  # verl's d loss / d logp, through the policy as verl's actor backpropagates
+        results[name] = (res["loss"], _flat_grad(policy))
+    return results
+
+
+def three_ways(cfg: Config, algorithms: list[str], seed: int = 0) -> pd.DataFrame:
+    """One batch of `cfg`'s warm start, reused for cfg.epochs updates (the ratios have moved); then for each
+    algorithm the loss and parameter gradient of the lab, TRL (native settings) and verl (native settings).
+    One row per (algorithm, engine): loss, gradient norm, and the gradient's relative distance to the lab's
+    under that engine's lab settings (`trl_lab`, `verl_lab`). Engines without a native option are left out."""
+    from xxpo_lab.measure import reuse_one_batch
+
+    state, b, _ = reuse_one_batch(cfg, seed)
+    policy, tokenizer, cfg = state.policy, state.tokenizer, state.cfg
+    recipes = [recipe(a) for a in algorithms]
+    rows = []
+
+    def add(r, engine, loss, grad, lab_extra):
+        lab_loss, lab_grad = _lab(r, cfg, policy, b, lab_extra)
+        rows.append({"algorithm": r.algorithm, "engine": engine, "loss": loss, "lab loss": lab_loss,
+                     "grad norm": grad.norm().item(),
+                     "rel. grad diff": ((grad - lab_grad).norm() / lab_grad.norm()).item()})
+
+    for r in recipes:
+        loss, grad = _lab(r, cfg, policy, b, {})
+        add(r, "lab", loss, grad, {})
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in recipes:
+            if r.trl is not None:
+                add(r, "TRL", *_trl(r, cfg, policy, tokenizer, b, tmp), r.trl_lab)
+    for name, (loss, grad) in _verl([r for r in recipes if r.verl is not None], cfg, policy, b).items():
+        add(recipe(name), "verl", loss, grad, recipe(name).verl_lab)
+    return pd.DataFrame(rows)
+
+
+# -------------------------------------------------------------------------------------------------
+# training through TRL
+
+
+def trl_training(cfg: Config, steps: int, lab_loss: str | None = None, model_name: str | None = None,
+                 **grpo_fields) -> pd.DataFrame:
+    """Train the lab's warm start (or `model_name`, warm-started on the task by the lab) with TRL's trainer for
+    `steps` generation batches; held-out accuracy by the lab's evaluator every cfg.eval_every batches.
+    Returns one row per evaluation: step (generation batches), eval/samples, eval/accuracy."""
+    cfg = resolve(replace(cfg, model_name=model_name) if model_name else cfg)
+    device = pick_device()
+    policy, tokenizer, _ = make_policy(cfg, device)
+    task = make_task(cfg.task, cfg.difficulty)
+    problems = task.eval_set(cfg.eval_prompts)
+    rows = []
+
+    def evaluate(batch: int) -> None:
+        gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + batch)
+        policy.eval()
+        with torch.no_grad():
+            acc = accuracy(policy, tokenizer, task, problems, cfg, gen, device)["accuracy"]
+        rows.append({"step": batch, "eval/samples": batch * cfg.P * cfg.G, "eval/accuracy": acc})
+
+    class Evaluate(require("transformers", "trl").TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            batch = state.global_step // cfg.epochs
+            if state.global_step % cfg.epochs == 0 and (batch % cfg.eval_every == 0 or batch == steps):
+                evaluate(batch)
+
+    evaluate(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = trl_trainer(policy, tokenizer, cfg, tmp, steps * cfg.epochs, lab_loss, **grpo_fields)
+        trainer.add_callback(Evaluate())
+        trainer.train()
+    return pd.DataFrame(rows)
+
+
+def on_colab() -> bool:
+    """True inside Google Colab (where a chapter may load real pretrained weights by name)."""
+    return "google.colab" in sys.modules
