@@ -10,18 +10,19 @@ recipe's `scale_rewards`. The verl column is checked in verl's environment (test
 from __future__ import annotations
 
 import zlib
+
 import datasets
 import pytest
 import torch
 import transformers
 import trl
 
-from tests.unit.test_trl_parity import B, G, SCALES, T_MAX, TOL, make_data, our_batch, trainer  # noqa: F401
+from tests.unit.test_trl_parity import SCALES, T_MAX, TOL, B, G, make_data, our_batch, trainer  # noqa: F401
 from xxpo_lab.advantages import ADVANTAGES
 from xxpo_lab.batch import Batch
 from xxpo_lab.config import Config, resolve
-from xxpo_lab.integrations.crosswalk import ACTOR, RECIPES, T_MAX as T_MAX_MARK, crosswalk_table, recipe, \
-    verl_overrides
+from xxpo_lab.integrations.crosswalk import ACTOR, RECIPES, crosswalk_table, recipe, verl_overrides
+from xxpo_lab.integrations.crosswalk import T_MAX as T_MAX_MARK
 from xxpo_lab.losses import LOSSES
 from xxpo_lab.tasks import char_tokenizer
 
@@ -41,13 +42,13 @@ def trl_args(tmp_path_factory):
                                         save_strategy="no", **r.trl) for r in TRL_RECIPES}
 
 
-def with_args(trainer, monkeypatch, args):
-    """The trainer as GRPOTrainer.__init__ would set it up from `args`."""
-    monkeypatch.setattr(trainer, "args", args)
+def with_args(tr, monkeypatch, args):
+    """The trainer `tr` as GRPOTrainer.__init__ would set it up from `args`."""
+    monkeypatch.setattr(tr, "args", args)
     for attr, name in DERIVED.items():
-        monkeypatch.setattr(trainer, attr, getattr(args, name))
-    monkeypatch.setattr(trainer, "epsilon_low", args.epsilon)
-    monkeypatch.setattr(trainer, "epsilon_high", args.epsilon_high if args.epsilon_high is not None else args.epsilon)
+        monkeypatch.setattr(tr, attr, getattr(args, name))
+    monkeypatch.setattr(tr, "epsilon_low", args.epsilon)
+    monkeypatch.setattr(tr, "epsilon_high", args.epsilon_high if args.epsilon_high is not None else args.epsilon)
 
 
 def lab_cfg(r, **extra) -> Config:
