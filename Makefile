@@ -31,7 +31,8 @@ setup: $(STAMP)
 
 VERL_VENV := .venv-verl
 VERL_STAMP := $(VERL_VENV)/.installed
-# verl pins transformers below the book's version: its integration is tested in an environment of its own
+# verl pins transformers below the book's version: its integration is tested in an environment of its own, which
+# chapter 13 also calls (verl's loss on the chapter's batch), so the book and the notebook tests build it first
 # (verl ships a top-level `tests` package, so the layer plugin is loaded as `layer` from tests/)
 $(VERL_STAMP): requirements-verl.txt pyproject.toml
 	@test -x $(VERL_VENV)/bin/python || $(PYTHON) -m venv $(VERL_VENV)
@@ -47,13 +48,13 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	@touch $(STAMP)
 
-book: setup browser-deps
+book: setup browser-deps $(VERL_STAMP)
 	@mkdir -p _build && rm -f $(COUNTS)
 	XXPO_BOOK=1 $(VENV)/bin/jupyter-book build . --all -W -n --keep-going
 	$(call timed,browser tests of the full site (non-local requests blocked),XXPO_SITE=$(SITE) $(PYTEST) tests/browser -q)
 	@echo "The website is in $(SITE)/index.html (make serve shows it on http://127.0.0.1:8000)"
 
-fast: setup
+fast: setup $(VERL_STAMP)
 	XXPO_FAST=1 XXPO_BOOK=1 $(VENV)/bin/jupyter-book build . --all --path-output _build/fast -W -n --keep-going
 	@echo "The fast-mode website is in $(FAST_SITE)/index.html"
 
@@ -68,7 +69,7 @@ define timed
 	 echo "== $(1): $$(( $$(date +%s) - start )) s =="; exit $$status
 endef
 
-test: setup browser-deps
+test: setup browser-deps $(VERL_STAMP)
 	@start=$$(date +%s); mkdir -p _build; rm -f $(COUNTS); \
 	 $(MAKE) --no-print-directory test-unit test-notebooks test-book test-browser test-colab test-verl; status=$$?; \
 	 echo "== tests run per layer (a skip fails its layer) =="; cat $(COUNTS) 2>/dev/null; \
@@ -77,10 +78,10 @@ test: setup browser-deps
 test-unit: setup
 	$(call timed,layer 1: unit tests,$(PYTEST) tests/unit -n 2 -q)
 
-test-notebooks: setup
+test-notebooks: setup $(VERL_STAMP)
 	$(call timed,layer 2: notebooks in fast mode,XXPO_FAST=1 OMP_NUM_THREADS=1 $(PYTEST) --nbmake --nbmake-timeout=600 -n 2 -q chapters)
 
-test-book: setup
+test-book: setup $(VERL_STAMP)
 	$(call timed,layer 3: fast book build with warnings as errors,rm -rf _build/fast && XXPO_FAST=1 XXPO_BOOK=1 $(VENV)/bin/jupyter-book build . --all --path-output _build/fast -W -n --keep-going)
 
 test-browser: setup browser-deps

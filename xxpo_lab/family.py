@@ -77,7 +77,7 @@ FAMILY = [
 ]
 
 
-BOOK = ('00_family', '01_reinforce_to_ppo', '02_ppo_to_grpo', '03_grpo_to_dr_grpo', '04_grpo_to_dapo', '05_grpo_to_gspo', '06_ppo_to_decoupled_ppo', '07_decoupled_ppo_to_a3po', '08_grpo_to_sppo', '09_hard_clip_to_sapo', '10_sampler_is_not_the_trainer')
+BOOK = ('00_family', '01_reinforce_to_ppo', '02_ppo_to_grpo', '03_grpo_to_dr_grpo', '04_grpo_to_dapo', '05_grpo_to_gspo', '06_ppo_to_decoupled_ppo', '07_decoupled_ppo_to_a3po', '08_grpo_to_sppo', '09_hard_clip_to_sapo', '10_sampler_is_not_the_trainer', '13_lab_to_production')
 """The book's chapters in order, as `_toc.yml` lists them (`make sync` writes this line; a test checks it)."""
 
 

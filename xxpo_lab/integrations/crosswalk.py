@@ -44,6 +44,11 @@ class Recipe:
     def loss(self) -> str:
         return self.lab["loss"]
 
+    def loss_fields(self) -> dict:
+        """The lab settings that shape the loss itself (what an integration passes on as lab_config), without
+        those of the lab's loop (loss name, advantage, group size, staleness)."""
+        return {k: v for k, v in self.lab.items() if k not in ("loss", "adv", "G", "staleness")}
+
 
 RECIPES = [
     Recipe("PPO", 1, {"loss": "ppo", "adv": "gae"},

@@ -11,6 +11,8 @@ same through its model). verl runs in its own environment (`verl_python`), as a 
 from __future__ import annotations
 
 import copy
+import hashlib
+import importlib.metadata
 import os
 import random
 import subprocess
@@ -68,7 +70,7 @@ def task_reward(task, eos_token_id: int):
 
 
 def trl_trainer(policy, tokenizer, cfg: Config, output_dir: str, steps: int, lab_loss: str | None = None,
-                **grpo_fields):
+                lab_config: dict | None = None, **grpo_fields):
     """TRL's GRPOTrainer (or `LabGRPOTrainer` with `lab_loss`) on the lab's task with the lab run's sizes: one
     generation batch of P·G responses per optimizer step, reused cfg.epochs times, a constant learning rate."""
     trl = require("trl", "trl")
@@ -87,7 +89,7 @@ def trl_trainer(policy, tokenizer, cfg: Config, output_dir: str, steps: int, lab
               "train_dataset": task_dataset(task, cfg.P * steps, cfg.seed), "processing_class": tokenizer}
     if lab_loss is None:
         return trl.GRPOTrainer(**kwargs)
-    return LabGRPOTrainer(**kwargs, lab_loss=lab_loss)
+    return LabGRPOTrainer(**kwargs, lab_loss=lab_loss, lab_config=lab_config)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -100,7 +102,7 @@ def _flat_grad(model) -> torch.Tensor:
 
 def _lab(r: Recipe, cfg: Config, policy, b, extra: dict):
     """The lab's loss and parameter gradient under the recipe (with the engine's `extra` lab settings)."""
-    lab_cfg = resolve(replace(cfg, **{k: v for k, v in (r.lab | extra).items() if k not in ("adv", "G")}))
+    lab_cfg = resolve(replace(cfg, loss=r.loss, **(r.loss_fields() | extra)))
     policy.zero_grad(set_to_none=True)
     logp = token_logp(policy, b.prompt_ids, b.prompt_mask, b.resp_ids, cfg.temperature)
     loss, _ = LOSSES[r.loss].fn(logp, b, lab_cfg)
@@ -184,37 +186,88 @@ def three_ways(cfg: Config, algorithms: list[str], seed: int = 0) -> pd.DataFram
 # training through TRL
 
 
-def trl_training(cfg: Config, steps: int, lab_loss: str | None = None, model_name: str | None = None,
-                 **grpo_fields) -> pd.DataFrame:
+def trl_training(cfg: Config, steps: int, lab_loss: str | None = None, lab_config: dict | None = None,
+                 model_name: str | None = None, **grpo_fields) -> pd.DataFrame:
     """Train the lab's warm start (or `model_name`, warm-started on the task by the lab) with TRL's trainer for
-    `steps` generation batches; held-out accuracy by the lab's evaluator every cfg.eval_every batches.
-    Returns one row per evaluation: step (generation batches), eval/samples, eval/accuracy."""
+    `steps` generation batches of cfg.P·cfg.G responses; `lab_loss` (with `lab_config`) runs a lab loss through
+    `LabGRPOTrainer`. One row per batch, like a lab run's history: TRL's `reward`, `loss` (mean over the
+    batch's cfg.epochs updates) and `seconds` (TRL's step_time, summed over them), and every cfg.eval_every batches the lab's
+    held-out accuracy of the policy (`eval/accuracy`, the lab's evaluator and prompts)."""
+    transformers = require("transformers", "trl")
     cfg = resolve(replace(cfg, model_name=model_name) if model_name else cfg)
     device = pick_device()
     policy, tokenizer, _ = make_policy(cfg, device)
     task = make_task(cfg.task, cfg.difficulty)
     problems = task.eval_set(cfg.eval_prompts)
-    rows = []
+    evals = {}
 
     def evaluate(batch: int) -> None:
         gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + batch)
         policy.eval()
         with torch.no_grad():
-            acc = accuracy(policy, tokenizer, task, problems, cfg, gen, device)["accuracy"]
-        rows.append({"step": batch, "eval/samples": batch * cfg.P * cfg.G, "eval/accuracy": acc})
+            evals[batch] = accuracy(policy, tokenizer, task, problems, cfg, gen, device)["accuracy"]
 
-    class Evaluate(require("transformers", "trl").TrainerCallback):
+    class Evaluate(transformers.TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            batch = state.global_step // cfg.epochs
-            if state.global_step % cfg.epochs == 0 and (batch % cfg.eval_every == 0 or batch == steps):
+            batch, first = divmod(state.global_step, cfg.epochs)
+            if first == 0 and (batch % cfg.eval_every == 0 or batch == steps):
                 evaluate(batch)
 
     evaluate(0)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = trl_trainer(policy, tokenizer, cfg, tmp, steps * cfg.epochs, lab_loss, **grpo_fields)
+        trainer = trl_trainer(policy, tokenizer, cfg, tmp, steps * cfg.epochs, lab_loss, lab_config, **grpo_fields)
         trainer.add_callback(Evaluate())
+        trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # no printed log dicts
         trainer.train()
-    return pd.DataFrame(rows)
+    log = pd.DataFrame([r for r in trainer.state.log_history if "loss" in r and "step" in r])
+    log["batch"] = (log["step"] - 1) // cfg.epochs
+    rows = log.groupby("batch").agg(reward=("reward", "first"), loss=("loss", "mean"),
+                                    seconds=("step_time", "sum")).reset_index()
+    table = pd.DataFrame({"step": range(steps + 1)}).merge(rows.rename(columns={"batch": "step"}), how="left")
+    table["eval/samples"] = table["step"] * cfg.P * cfg.G
+    table["eval/accuracy"] = table["step"].map(evals)
+    return table
+
+
+def position_gap(cfg: Config, model_type: str = "gpt2", seed: int = 0) -> pd.DataFrame:
+    """What TRL's training forward does to left-padded prompts: TRL scores [prompt, completion] with input ids
+    and attention mask only, so the model numbers positions from the first (pad) column, while generation
+    (`transformers.generate`, the lab's sampler) numbers them from each prompt's first token. One row per
+    response: the prompt's pad count and the mean |log π_sampler - log π_TRL| over its tokens, for the lab's
+    warm start (GPT-2: learned absolute positions) or a `model_type='mixtral'` policy (rotary positions)."""
+    from xxpo_lab.measure import sample_batch
+    from xxpo_lab.policy import build_policy
+
+    state, b = sample_batch(cfg, seed)
+    policy = state.policy if model_type == "gpt2" else build_policy(replace(state.cfg, model_type=model_type),
+                                                                     state.tokenizer).to(state.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = trl_trainer(copy.deepcopy(policy), state.tokenizer, state.cfg, tmp, steps=1)
+        ids = torch.cat([b.prompt_ids, b.resp_ids], dim=1)
+        attn = torch.cat([b.prompt_mask, b.mask.long()], dim=1)
+        with torch.no_grad():
+            theirs, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, attn, b.resp_ids.shape[1])
+            ours = token_logp(policy, b.prompt_ids, b.prompt_mask, b.resp_ids, state.cfg.temperature)
+    gap = ((ours - theirs).abs() * b.mask).sum(-1) / b.mask.sum(-1)
+    return pd.DataFrame({"model": model_type, "pads": (b.prompt_mask == 0).sum(-1).numpy(),
+                         "gap": gap.numpy()})
+
+
+def cached(fn, cfg: Config, losses: list[str], **kwargs) -> pd.DataFrame:
+    """`fn(cfg, **kwargs)` (three_ways, trl_training, position_gap) cached like a run: keyed by the config, the
+    arguments, the lab code it runs (the `losses` it uses included), this package's integration code, TRL's
+    version and whether verl was there."""
+    from xxpo_lab import loop, measure, policy
+    from xxpo_lab.config import to_dict
+    from xxpo_lab.runs import cached_table
+
+    source = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py"))))
+    payload = {"fn": fn.__name__, "config": to_dict(cfg), "args": kwargs, "loss": losses,
+               "integrations": source.hexdigest()[:16], "trl": importlib.metadata.version("trl"),
+               "verl": verl_python() is not None}
+    return cached_table(f"engines-{fn.__name__}", payload, lambda: fn(cfg, **kwargs),
+                        code=[policy.make_policy, policy.accuracy, policy.build_policy, loop.loss_of,
+                              measure.reuse_one_batch, measure.sample_batch])
 
 
 def on_colab() -> bool:
