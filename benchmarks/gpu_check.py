@@ -1,6 +1,8 @@
 """`make gpu-check`: execute every chapter on a device (CUDA by default) and report what it measured.
 
-For each chapter of _toc.yml, in a fresh kernel: the wall time, the device's memory high-water mark (CUDA's
+First, one training step of the default config on the CPU and on the device (median time), which tells a Colab
+reader which device is faster for these tiny policies. Then for each chapter of _toc.yml, in a fresh kernel: the
+wall time, the device's memory high-water mark (CUDA's
 max_memory_allocated; on the CPU the process's peak resident set), and every claim the chapter checks
 (`interactive.check`), recorded instead of stopping the run (XXPO_CLAIMS_LOG): on the CPU build every claim
 holds (the book does not build otherwise), so the report's "claims held" says which directions the device's
@@ -78,7 +80,31 @@ def run_chapter(path: Path, device: str, fast: bool, cache: Path, timeout: int) 
             "error": error}
 
 
-def report(rows: list[dict], device: str, fast: bool) -> str:
+def step_times(devices: list[str], fast: bool, steps: int = 30, warmup: int = 5) -> dict[str, float]:
+    """Median seconds of one training step of the default config (chapters' P, G, model) on each device, the
+    first `warmup` steps dropped: our policies are tiny, so a GPU step is bound by kernel launches and may lose
+    to the CPU. Which is faster decides the default a Colab reader should use."""
+    import os
+
+    from xxpo_lab import Config, train
+
+    saved = os.environ.get("XXPO_FAST")
+    os.environ["XXPO_FAST"] = "1" if fast else "0"
+    steps = 6 if fast else steps
+    out = {}
+    try:
+        for device in devices:
+            hist = train(Config(steps=steps, eval_every=10_000), cache=False, device=device, progress=False)
+            out[device] = float(hist["time/step"].dropna().iloc[min(warmup, steps - 1):].median())
+    finally:
+        if saved is None:
+            del os.environ["XXPO_FAST"]
+        else:
+            os.environ["XXPO_FAST"] = saved
+    return out
+
+
+def report(rows: list[dict], device: str, fast: bool, steps: dict[str, float] | None = None) -> str:
     """The markdown report."""
     import torch
 
@@ -92,6 +118,12 @@ def report(rows: list[dict], device: str, fast: bool) -> str:
         peak = "–" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}"
         lines.append(f"| {r['chapter']} | {r['seconds']:.1f} | {peak} | {r['held']}/{r['claims']} | "
                      f"{r['error'] or ''} |")
+    if steps:
+        best = min(steps, key=steps.get)
+        lines += ["", "One training step of the default config (median seconds; the lab picks CUDA when present, "
+                  "`XXPO_DEVICE=cpu` overrides it):", "", "| device | s / step |", "| --- | --- |"]
+        lines += [f"| {d} | {t:.4f} |" for d, t in steps.items()]
+        lines += ["", f"Faster here: {best}."]
     failed = [(r["chapter"], c) for r in rows for c in r["failed"]]
     lines += ["", "Claims that did not hold on this device:" if failed else "Every claim held.", ""]
     lines += [f"- {chapter}: {claim}" for chapter, claim in failed]
@@ -118,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         r = rows[-1]
         print(f"{r['chapter']}: {r['seconds']:.1f} s, peak {r['peak_mb']} MB, claims {r['held']}/{r['claims']}"
               + (f", {r['error']}" if r["error"] else ""), flush=True)
-    args.out.write_text(report(rows, args.device, args.fast))
+    steps = step_times(list(dict.fromkeys(["cpu", args.device])), args.fast)
+    print("s / step:", steps, flush=True)
+    args.out.write_text(report(rows, args.device, args.fast, steps))
     print(f"report: {args.out}")
     return 1 if any(r["error"] for r in rows) else 0
 

@@ -31,6 +31,8 @@ def test_the_gpu_check_dry_run_on_cpu_writes_its_report(tmp_path):
     assert total >= 1 and 0 <= held <= total  # fast mode cannot support every claim: they are counted, not raised
     failing = text.split("Claims that did not hold on this device:")[-1] if held < total else ""
     assert failing.count("\n- 00_family: ") == total - held
+    step = next(line for line in text.splitlines() if line.startswith("| cpu |"))
+    assert float(step.split("|")[2]) > 0 and "Faster here: cpu." in text
 
 
 def test_the_gpu_check_lists_every_chapter_of_the_toc():

@@ -80,23 +80,33 @@ def main(argv=None) -> None:
     transformers = require("transformers", "trl")
     from xxpo_lab.integrations.trl import LabGRPOTrainer
 
-    spec = get_loss(r.loss)
     tokenizer = transformers.AutoTokenizer.from_pretrained(a.model)
-    native = dict(r.trl or {})
-    lab_loss = None if r.trl is not None else r.loss
+    lab_loss = None if r.trl is not None else r.loss  # TRL lacks it: the lab's loss
+    spec = get_loss(r.loss)
+    # TRL's sampler correction multiplies each token's loss: only for losses linear in A
+    # that do not weight by the sampler themselves
+    correct = lab_loss is None or (
+        spec.linear and not spec.own_is and spec.prox != "recompute")
     args = trl.GRPOConfig(
-        output_dir=a.output_dir, max_steps=a.max_steps, learning_rate=a.lr, lr_scheduler_type="constant",
-        per_device_train_batch_size=a.per_device_batch, gradient_accumulation_steps=a.grad_accum,
-        num_generations=a.num_generations, max_completion_length=a.max_completion_length,
+        output_dir=a.output_dir, max_steps=a.max_steps, learning_rate=a.lr,
+        lr_scheduler_type="constant",
+        per_device_train_batch_size=a.per_device_batch,
+        gradient_accumulation_steps=a.grad_accum,
+        num_generations=a.num_generations,
+        max_completion_length=a.max_completion_length,
         bf16=not a.cpu, use_cpu=a.cpu, gradient_checkpointing=not a.cpu,
         use_vllm=a.use_vllm, vllm_mode="colocate",
-        vllm_importance_sampling_correction=lab_loss is None or (spec.linear and not spec.own_is
-                                                                 and spec.prox != "recompute"),
-        logging_steps=1 if a.cpu else 10, save_strategy="no" if a.cpu else "steps", report_to=[], **native)
+        vllm_importance_sampling_correction=correct,
+        logging_steps=1 if a.cpu else 10, save_strategy="no" if a.cpu else "steps",
+        report_to=[], **(r.trl or {}))
     kwargs = {"model": a.model, "reward_funcs": gsm8k_reward, "args": args,
-              "train_dataset": load(a.dataset, tokenizer), "processing_class": tokenizer}
-    trainer = trl.GRPOTrainer(**kwargs) if lab_loss is None else LabGRPOTrainer(**kwargs, lab_loss=lab_loss,
-                                                                               lab_config=r.loss_fields())
+              "train_dataset": load(a.dataset, tokenizer),
+              "processing_class": tokenizer}
+    if lab_loss is None:
+        trainer = trl.GRPOTrainer(**kwargs)
+    else:
+        trainer = LabGRPOTrainer(**kwargs, lab_loss=lab_loss,
+                                 lab_config=r.loss_fields())
     trainer.train()
 
 

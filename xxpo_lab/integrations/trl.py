@@ -90,20 +90,28 @@ class LabGRPOTrainer(trl.GRPOTrainer):
 
     def _compute_loss(self, model, inputs):
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
-        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
-        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        completion_ids = inputs["completion_ids"]
+        completion_mask = inputs["completion_mask"]
+        mask = completion_mask
+        if "tool_mask" in inputs:  # tool output is context, not the policy's action
+            mask = completion_mask * inputs["tool_mask"]
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        extra = {k: inputs[k] for k in _FORWARD_KEYS if inputs.get(k) is not None}
         logp, entropy, _ = self._get_per_token_logps_and_entropies(
-            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True,
-            **{k: inputs.get(k) for k in _FORWARD_KEYS if inputs.get(k) is not None})
+            model, input_ids, attention_mask, completion_ids.size(1),
+            compute_entropy=True, **extra)
         b = self._batch(inputs, logp, mask.to(logp.dtype))
-        if self.lab_cfg.off_policy_mask is not None:  # as the lab's loop: drop drifted negative responses
-            b.adv = b.adv * off_policy_sequence_mask(b.adv, logp, b.behav_logp, b.mask, self.lab_cfg.off_policy_mask)
+        kappa = self.lab_cfg.off_policy_mask
+        if kappa is not None:  # as the lab's loop: drop drifted negative responses
+            keep = off_policy_sequence_mask(b.adv, logp, b.behav_logp, b.mask, kappa)
+            b.adv = b.adv * keep
         loss, info = loss_of(self.lab_cfg.loss, logp, b, self.lab_cfg)
         mode = "train" if self.model.training else "eval"
         self._log_lab_metrics(mode, info, logp.detach(), entropy, b)
-        return loss / (self.current_gradient_accumulation_steps if mode == "train" else 1.0)
+        if mode == "eval":
+            return loss
+        return loss / self.current_gradient_accumulation_steps
 
     def _batch(self, inputs: dict, logp: torch.Tensor, mask: torch.Tensor) -> Batch:
         """TRL's tensors as the lab's Batch (the field table in the module docstring)."""
@@ -112,11 +120,15 @@ class LabGRPOTrainer(trl.GRPOTrainer):
         prox = inputs.get("old_per_token_logps")
         prox = logp.detach() if prox is None else prox
         behav = inputs.get("sampling_per_token_logps")
-        behav = prox if behav is None else torch.where(torch.isnan(behav), prox, behav)  # vLLM's NaN: no evidence
-        if inputs.get("importance_sampling_ratio") is not None:  # vLLM's correction: a weight on each token's loss
-            adv = adv * inputs["importance_sampling_ratio"]
-        return Batch.of(mask, adv=adv, prox_logp=prox, behav_logp=behav, ref_logp=inputs.get("ref_per_token_logps"),
-                        version_gap=torch.ones(mask.shape[0], dtype=torch.long, device=mask.device))
+        if behav is None:
+            behav = prox
+        else:  # vLLM's NaN (no log-prob recorded): no evidence of a mismatch
+            behav = torch.where(torch.isnan(behav), prox, behav)
+        if inputs.get("importance_sampling_ratio") is not None:
+            adv = adv * inputs["importance_sampling_ratio"]  # vLLM's correction, per token
+        gap = torch.ones(mask.shape[0], dtype=torch.long, device=mask.device)
+        return Batch.of(mask, adv=adv, prox_logp=prox, behav_logp=behav,
+                        ref_logp=inputs.get("ref_per_token_logps"), version_gap=gap)
 
     def _log_lab_metrics(self, mode: str, info, logp: torch.Tensor, entropy: torch.Tensor, b: Batch) -> None:
         metrics = self._metrics[mode]
