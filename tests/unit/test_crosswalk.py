@@ -21,7 +21,7 @@ from tests.unit.test_trl_parity import SCALES, T_MAX, TOL, B, G, make_data, our_
 from xxpo_lab.advantages import ADVANTAGES
 from xxpo_lab.batch import Batch
 from xxpo_lab.config import Config, resolve
-from xxpo_lab.integrations.crosswalk import ACTOR, RECIPES, crosswalk_table, recipe, verl_overrides
+from xxpo_lab.integrations.crosswalk import ACTOR, RECIPES, crosswalk_table, recipe, verl_launch, verl_overrides
 from xxpo_lab.integrations.crosswalk import T_MAX as T_MAX_MARK
 from xxpo_lab.losses import LOSSES
 from xxpo_lab.tasks import char_tokenizer
@@ -143,3 +143,11 @@ def test_trl_scoring_gives_the_lab_advantage(scorer, monkeypatch, r):
     adv, _ = ADVANTAGES[r.lab["adv"]](b, cfg)
     torch.testing.assert_close(out["advantages"].float(), adv[:, 0], rtol=1e-5, atol=1e-6)
     assert adv.abs().max() > 0.1
+
+
+def test_the_launch_turns_verls_correction_off_only_for_losses_that_refuse_it():
+    assert "algorithm.rollout_correction.rollout_is=null" in verl_launch(recipe("VESPO"))
+    assert "algorithm.rollout_correction.rollout_is=null" in verl_launch(recipe("Decoupled PPO"))
+    assert "algorithm.rollout_correction.rollout_is=token" in verl_launch(recipe("A-3PO"))
+    assert "algorithm.rollout_correction.rollout_is=token" in verl_launch(recipe("GMPO"))  # verl's own geo_mean
+    assert "actor_rollout_ref.actor.loss_scale_factor=1024" in verl_launch(recipe("Dr. GRPO"))

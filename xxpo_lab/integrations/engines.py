@@ -10,6 +10,7 @@ same through its model). verl runs in its own environment (`verl_python`), as a 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib.metadata
@@ -18,6 +19,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +32,21 @@ from xxpo_lab.integrations.crosswalk import Recipe, recipe
 from xxpo_lab.losses import LOSSES
 from xxpo_lab.policy import accuracy, make_policy, pick_device, token_logp
 from xxpo_lab.tasks import Problem, make_task
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence the engines' own deprecation notices and advisories (transformers 5 renamed gradient_checkpointing,
+    which TRL still sets), so that a chapter's page shows results, not third-party warnings."""
+    transformers = require("transformers", "trl")
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        transformers.logging.set_verbosity(level)
 
 
 def verl_python() -> str | None:
@@ -155,7 +172,7 @@ def _verl(recipes: list[Recipe], cfg: Config, policy, b) -> dict:
 def three_ways(cfg: Config, algorithms: list[str], seed: int = 0) -> pd.DataFrame:
     """One batch of `cfg`'s warm start, reused for cfg.epochs updates (the ratios have moved); then for each
     algorithm the loss and parameter gradient of the lab, TRL (native settings) and verl (native settings).
-    One row per (algorithm, engine): loss, gradient norm, and the gradient's relative distance to the lab's
+    One row per (algorithm, engine): the seed, loss, gradient norm, and the gradient's relative distance to the lab's
     under that engine's lab settings (`trl_lab`, `verl_lab`). Engines without a native option are left out."""
     from xxpo_lab.measure import reuse_one_batch
 
@@ -166,7 +183,7 @@ def three_ways(cfg: Config, algorithms: list[str], seed: int = 0) -> pd.DataFram
 
     def add(r, engine, loss, grad, lab_extra):
         lab_loss, lab_grad = _lab(r, cfg, policy, b, lab_extra)
-        rows.append({"algorithm": r.algorithm, "engine": engine, "loss": loss, "lab loss": lab_loss,
+        rows.append({"seed": seed, "algorithm": r.algorithm, "engine": engine, "loss": loss, "lab loss": lab_loss,
                      "grad norm": grad.norm().item(),
                      "rel. grad diff": ((grad - lab_grad).norm() / lab_grad.norm()).item()})
 
@@ -226,7 +243,7 @@ def trl_training(cfg: Config, steps: int, lab_loss: str | None = None, lab_confi
     table = pd.DataFrame({"step": range(steps + 1)}).merge(rows.rename(columns={"batch": "step"}), how="left")
     table["eval/samples"] = table["step"] * cfg.P * cfg.G
     table["eval/accuracy"] = table["step"].map(evals)
-    return table
+    return table.assign(seed=cfg.seed)
 
 
 def position_gap(cfg: Config, model_type: str = "gpt2", seed: int = 0) -> pd.DataFrame:
@@ -265,7 +282,11 @@ def cached(fn, cfg: Config, losses: list[str], **kwargs) -> pd.DataFrame:
     payload = {"fn": fn.__name__, "config": to_dict(cfg), "args": kwargs, "loss": losses,
                "integrations": source.hexdigest()[:16], "trl": importlib.metadata.version("trl"),
                "verl": verl_python() is not None}
-    return cached_table(f"engines-{fn.__name__}", payload, lambda: fn(cfg, **kwargs),
+    def compute():
+        with quiet():
+            return fn(cfg, **kwargs)
+
+    return cached_table(f"engines-{fn.__name__}", payload, compute,
                         code=[policy.make_policy, policy.accuracy, policy.build_policy, loop.loss_of,
                               measure.reuse_one_batch, measure.sample_batch])
 
