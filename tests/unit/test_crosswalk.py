@@ -14,9 +14,9 @@ import zlib
 import datasets
 import pytest
 import torch
-import transformers
 import trl
 
+from tests.unit.test_trl_integration import model_dir  # noqa: F401
 from tests.unit.test_trl_parity import SCALES, T_MAX, TOL, B, G, make_data, our_batch, trainer  # noqa: F401
 from xxpo_lab.advantages import ADVANTAGES
 from xxpo_lab.batch import Batch
@@ -102,16 +102,9 @@ def reward_of(completions, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def scorer(tmp_path_factory):
+def scorer(model_dir):  # noqa: F811
     """A real GRPOTrainer whose scoring step generates with a tiny GPT-2 and records the rewards it sees."""
-    root = tmp_path_factory.mktemp("crosswalk_adv")
     tok = char_tokenizer()
-    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32, vocab_size=len(tok),
-                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                                     bos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    transformers.GPT2LMHeadModel(config).save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
     seen = []
 
     def recorded(completions, **kwargs):
@@ -120,10 +113,10 @@ def scorer(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
-        args = trl.GRPOConfig(output_dir=str(root / "out"), per_device_train_batch_size=8, num_generations=4,
+        args = trl.GRPOConfig(output_dir=str(model_dir / "out_scorer"), per_device_train_batch_size=8, num_generations=4,
                               max_completion_length=6, report_to=[], use_cpu=True, bf16=False, beta=0.0,
                               save_strategy="no", seed=0)
-        tr = trl.GRPOTrainer(model=str(root / "model"), reward_funcs=recorded, args=args,
+        tr = trl.GRPOTrainer(model=str(model_dir / "model"), reward_funcs=recorded, args=args,
                              train_dataset=datasets.Dataset.from_dict({"prompt": ["12+3=", "4+5="] * 4}),
                              processing_class=tok)
     tr.model.train()
