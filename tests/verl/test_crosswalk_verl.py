@@ -23,7 +23,7 @@ from verl.utils.config import omega_conf_to_dataclass
 from xxpo_lab.advantages import ADVANTAGES
 from xxpo_lab.batch import Batch
 from xxpo_lab.config import Config, resolve
-from xxpo_lab.integrations.crosswalk import ACTOR, RECIPES, verl_launch, verl_overrides
+from xxpo_lab.integrations.crosswalk import ACTOR, RECIPES, verl_actor_fields, verl_launch, verl_overrides
 from xxpo_lab.integrations.verl_call import call
 from xxpo_lab.losses import LOSSES
 
@@ -43,10 +43,6 @@ def data(seed: int, scale: float) -> dict:
     return {"old": old, "logp": logp, "adv": adv, "mask": mask, "G": G}
 
 
-def actor_fields(r) -> dict:
-    return {k: (T if v == "<T_max>" else v) for k, v in r.verl.items() if not k.startswith("algorithm.")}
-
-
 def lab_cfg(r) -> Config:
     return resolve(Config(**(r.lab | r.verl_lab | {"task": "copy", "difficulty": 2, "T_max": T, "G": G})))
 
@@ -55,7 +51,7 @@ def lab_cfg(r) -> Config:
 @pytest.mark.parametrize("r", NATIVE, ids=lambda r: r.algorithm)
 def test_verl_settings_give_the_lab_loss(r, scale):
     d = data(0, 0.02 if r.algorithm == "GSPO" else scale)  # verl clamps GSPO's log sequence ratio: keep it small
-    theirs = call(d, actor_fields(r))
+    theirs = call(d, verl_actor_fields(r, T))
     leaf = d["logp"].clone().requires_grad_(True)
     loss, _ = LOSSES[r.loss].fn(leaf, Batch.of(d["mask"], adv=d["adv"], prox_logp=d["old"], behav_logp=d["old"]),
                                 lab_cfg(r))

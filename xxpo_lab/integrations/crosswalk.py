@@ -136,10 +136,15 @@ def verl_overrides(r: Recipe, T_max: int | None = None) -> dict:
     """The recipe's verl settings as full Hydra paths, with the run's T_max in place of the placeholder."""
     if r.verl is None:
         return {ACTOR + "policy_loss.loss_mode": f"xxpo_{r.loss}"}
-    full = {}
-    for key, value in r.verl.items():
-        full[key if key.startswith("algorithm.") else ACTOR + key] = T_max if value == T_MAX else value
-    return full
+    return {key if key.startswith("algorithm.") else ACTOR + key: T_max if value == T_MAX else value
+            for key, value in r.verl.items()}
+
+
+def verl_actor_fields(r: Recipe, T_max: int) -> dict:
+    """The recipe's verl actor settings (the fields of verl's actor config, without the `algorithm.` ones), with
+    the run's T_max in place of the placeholder: what verl's actor hands its policy loss."""
+    return {key.removeprefix(ACTOR): value for key, value in verl_overrides(r, T_max).items()
+            if key.startswith(ACTOR)}
 
 
 AT_SCALE = {

@@ -28,7 +28,7 @@ import torch
 
 from xxpo_lab.config import Config, resolve
 from xxpo_lab.integrations import require
-from xxpo_lab.integrations.crosswalk import Recipe, recipe
+from xxpo_lab.integrations.crosswalk import Recipe, recipe, verl_actor_fields
 from xxpo_lab.losses import LOSSES
 from xxpo_lab.policy import accuracy, make_policy, pick_device, token_logp
 from xxpo_lab.tasks import Problem, make_task
@@ -149,8 +149,7 @@ def _verl(recipes: list[Recipe], cfg: Config, policy, b) -> dict:
         return {}
     with torch.no_grad():
         logp = token_logp(policy, b.prompt_ids, b.prompt_mask, b.resp_ids, cfg.temperature)
-    calls = [(r.algorithm, {k: (cfg.T_max if v == "<T_max>" else v) for k, v in r.verl.items()
-                            if not k.startswith("algorithm.")}) for r in recipes]
+    calls = [(r.algorithm, verl_actor_fields(r, cfg.T_max)) for r in recipes]
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = f"{tmp}/in.pt", f"{tmp}/out.pt"
         torch.save({"old": b.prox_logp, "logp": logp, "adv": b.adv, "mask": b.mask, "G": cfg.G,
@@ -160,13 +159,11 @@ def _verl(recipes: list[Recipe], cfg: Config, policy, b) -> dict:
         if done.returncode:
             raise RuntimeError(f"verl's loss call failed ({python}):\n{done.stderr[-3000:]}")
         out = torch.load(dst)
-    results = {}
-    for name, res in out.items():
-        policy.zero_grad(set_to_none=True)
-        logp = token_logp(policy, b.prompt_ids, b.prompt_mask, b.resp_ids, cfg.temperature)
-        logp.backward(res["grad"])  # verl's d loss / d logp, through the policy as verl's actor backpropagates
-        results[name] = (res["loss"], _flat_grad(policy))
-    return results
+    params = [p for p in policy.parameters() if p.requires_grad]
+    logp = token_logp(policy, b.prompt_ids, b.prompt_mask, b.resp_ids, cfg.temperature)
+    # verl's d loss / d logp, through the policy as verl's actor backpropagates it through its model
+    return {name: (res["loss"], torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+        logp, params, grad_outputs=res["grad"], retain_graph=True)])) for name, res in out.items()}
 
 
 def three_ways(cfg: Config, algorithms: list[str], seed: int = 0) -> pd.DataFrame:
@@ -179,17 +176,23 @@ def three_ways(cfg: Config, algorithms: list[str], seed: int = 0) -> pd.DataFram
     state, b, _ = reuse_one_batch(cfg, seed)
     policy, tokenizer, cfg = state.policy, state.tokenizer, state.cfg
     recipes = [recipe(a) for a in algorithms]
-    rows = []
+    rows, labs = [], {}
+
+    def lab(r, extra: dict):
+        """The lab's loss and gradient under the recipe with an engine's lab settings, computed once."""
+        key = (r.algorithm, tuple(sorted(extra.items())))
+        if key not in labs:
+            labs[key] = _lab(r, cfg, policy, b, extra)
+        return labs[key]
 
     def add(r, engine, loss, grad, lab_extra):
-        lab_loss, lab_grad = _lab(r, cfg, policy, b, lab_extra)
+        lab_loss, lab_grad = lab(r, lab_extra)
         rows.append({"seed": seed, "algorithm": r.algorithm, "engine": engine, "loss": loss, "lab loss": lab_loss,
                      "grad norm": grad.norm().item(),
                      "rel. grad diff": ((grad - lab_grad).norm() / lab_grad.norm()).item()})
 
     for r in recipes:
-        loss, grad = _lab(r, cfg, policy, b, {})
-        add(r, "lab", loss, grad, {})
+        add(r, "lab", *lab(r, {}), {})
     with tempfile.TemporaryDirectory() as tmp:
         for r in recipes:
             if r.trl is not None:
