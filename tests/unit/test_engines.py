@@ -4,12 +4,13 @@ on the task before TRL trains it) and the crosswalk-driven TRL trainer construct
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from tests.unit.test_pretrained import pretrained_dir  # noqa: F401
 from xxpo_lab import Config
 from xxpo_lab.config import ConfigError
-from xxpo_lab.integrations.engines import on_colab, trl_training
+from xxpo_lab.integrations.engines import cached, on_colab, trl_training
 
 TINY = Config(task="addition", difficulty=1, T_max=4, P=4, G=4, eval_prompts=16, warm_start_acc=0.2, lr=3e-4,
               epochs=2, eval_every=1)
@@ -35,3 +36,22 @@ def test_a_setting_the_lab_loss_cannot_honour_fails_before_training(pretrained_d
 
 def test_this_is_not_colab():
     assert not on_colab()
+
+
+CALLS = []
+
+
+def count_calls(cfg):
+    CALLS.append(cfg.seed)
+    return pd.DataFrame({"seed": [cfg.seed]})
+
+
+def test_cached_tables_keep_fast_and_full_mode_apart(tmp_path, monkeypatch):
+    """reuse_one_batch and sample_batch shrink their config in fast mode; an entry computed in one mode must not
+    be served in the other (a fast-mode notebook run once fed chapter 13's full build its numbers)."""
+    monkeypatch.setenv("XXPO_CACHE", str(tmp_path))
+    CALLS.clear()
+    for fast in ("1", "0", "1", "0"):
+        monkeypatch.setenv("XXPO_FAST", fast)
+        cached(count_calls, TINY, ["grpo"])
+    assert CALLS == [0, 0]  # one computation per mode, then each mode's own entry

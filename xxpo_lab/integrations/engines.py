@@ -275,14 +275,16 @@ def position_gap(cfg: Config, model_type: str = "gpt2", seed: int = 0) -> pd.Dat
 
 def cached(fn, cfg: Config, losses: list[str], **kwargs) -> pd.DataFrame:
     """`fn(cfg, **kwargs)` (three_ways, trl_training, position_gap) cached like a run: keyed by the config, the
-    arguments, the lab code it runs (the `losses` it uses included), this package's integration code, TRL's
+    arguments, fast mode, the lab code it runs (the `losses` it uses included), this package's integration code, TRL's
     version and whether verl was there."""
     from xxpo_lab import loop, measure, policy
-    from xxpo_lab.config import to_dict
+    from xxpo_lab.config import fast_mode, to_dict
     from xxpo_lab.runs import cached_table
 
     source = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py"))))
-    payload = {"fn": fn.__name__, "config": to_dict(cfg), "args": kwargs, "loss": losses,
+    # fast mode shrinks what some of these functions draw (reuse_one_batch, sample_batch size the config
+    # themselves): the two modes must not share an entry
+    payload = {"fn": fn.__name__, "fast": fast_mode(), "config": to_dict(cfg), "args": kwargs, "loss": losses,
                "integrations": source.hexdigest()[:16], "trl": importlib.metadata.version("trl"),
                "verl": verl_python() is not None}
     def compute():
